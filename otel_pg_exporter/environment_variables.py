@@ -1,0 +1,91 @@
+"""Names of the environment variables otel_pg_exporter reads.
+
+Registered under the ``opentelemetry_environment_variables`` entry point, so that every
+``OTEL_*`` name here also becomes an ``opentelemetry-instrument`` flag
+(``OTEL_EXPORTER_POSTGRES_DSN`` -> ``--exporter_postgres_dsn``).
+"""
+
+ENABLE_DB_TRACING = "ENABLE_DB_TRACING"
+"""
+.. envvar:: ENABLE_DB_TRACING
+
+Master switch. Nothing connects to or writes to the database unless it is true
+(``1``, ``true``, ``yes`` or ``on``, any case). Default: off.
+"""
+
+OTEL_EXPORTER_POSTGRES_DSN = "OTEL_EXPORTER_POSTGRES_DSN"
+"""
+.. envvar:: OTEL_EXPORTER_POSTGRES_DSN
+
+libpq connection string or ``postgresql://`` URL of the trace store.
+Default: ``DATABASE_URL``, then libpq's own ``PG*`` variables.
+"""
+
+OTEL_EXPORTER_POSTGRES_SCHEMA = "OTEL_EXPORTER_POSTGRES_SCHEMA"
+"""
+.. envvar:: OTEL_EXPORTER_POSTGRES_SCHEMA
+
+Schema holding the spans table, always quoted as an identifier.
+Default: the connection's current schema (usually ``public``).
+"""
+
+OTEL_EXPORTER_POSTGRES_TABLE = "OTEL_EXPORTER_POSTGRES_TABLE"
+"""
+.. envvar:: OTEL_EXPORTER_POSTGRES_TABLE
+
+Name of the spans table, always quoted as an identifier. Default: ``trace_spans``.
+"""
+
+OTEL_EXPORTER_POSTGRES_TIMEOUT = "OTEL_EXPORTER_POSTGRES_TIMEOUT"
+"""
+.. envvar:: OTEL_EXPORTER_POSTGRES_TIMEOUT
+
+Seconds (not milliseconds) that one export may take in all, connecting included.
+Default: ``10``.
+"""
+
+OTEL_EXPORTER_POSTGRES_POOL_MAX = "OTEL_EXPORTER_POSTGRES_POOL_MAX"
+"""
+.. envvar:: OTEL_EXPORTER_POSTGRES_POOL_MAX
+
+Most database connections the exporter opens per process. Default: ``2``.
+"""
+
+OTEL_EXPORTER_POSTGRES_EXECUTION_ID_ATTRIBUTE = "OTEL_EXPORTER_POSTGRES_EXECUTION_ID_ATTRIBUTE"
+"""
+.. envvar:: OTEL_EXPORTER_POSTGRES_EXECUTION_ID_ATTRIBUTE
+
+Span attribute copied into the ``execution_id`` column when it holds an integer.
+Default: ``execution.id``.
+"""
+
+OTEL_EXPORTER_POSTGRES_MAX_VALUE_CHARS = "OTEL_EXPORTER_POSTGRES_MAX_VALUE_CHARS"
+"""
+.. envvar:: OTEL_EXPORTER_POSTGRES_MAX_VALUE_CHARS
+
+Longest string (in characters) stored for one attribute value; longer values are cut and
+end with a ``…[truncated N chars]`` marker. Default: ``65536``.
+"""
+
+OTEL_EXPORTER_POSTGRES_MAX_SPAN_CHARS = "OTEL_EXPORTER_POSTGRES_MAX_SPAN_CHARS"
+"""
+.. envvar:: OTEL_EXPORTER_POSTGRES_MAX_SPAN_CHARS
+
+Most characters of attributes, events and links stored for one span, all together; values
+past the budget are cut with the same marker. Default: ``1048576``.
+"""
+
+OTEL_EXPORTER_POSTGRES_SPOOL_DIR = "OTEL_EXPORTER_POSTGRES_SPOOL_DIR"
+"""
+.. envvar:: OTEL_EXPORTER_POSTGRES_SPOOL_DIR
+
+Folder of the on-disk buffer used while the database is unreachable; empty turns it off.
+Default: a per-user cache folder.
+"""
+
+OTEL_EXPORTER_POSTGRES_SPOOL_MAX_MB = "OTEL_EXPORTER_POSTGRES_SPOOL_MAX_MB"
+"""
+.. envvar:: OTEL_EXPORTER_POSTGRES_SPOOL_MAX_MB
+
+Largest size of the on-disk buffer, in megabytes. Default: ``256``.
+"""
