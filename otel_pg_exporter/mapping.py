@@ -1,0 +1,407 @@
+"""Pure mapping of OpenTelemetry spans to ``trace_spans`` rows; knows nothing of psycopg.
+
+The common span takes the fast path: a handful of attribute lookups and one C-level JSON
+encoding per jsonb column. Only when a check on the encoded text shows something PostgreSQL
+would reject (NUL, lone surrogates, NaN or infinities, values past the size caps, values JSON
+cannot encode) does the span go through ``_Cleaner``, which rewrites just those values, so
+bad input is stored sanitised instead of dropping its batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
+
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanKind, StatusCode
+
+from otel_pg_exporter.config import (
+    DEFAULT_EXECUTION_ID_ATTRIBUTE,
+    DEFAULT_MAX_SPAN_CHARS,
+    DEFAULT_MAX_VALUE_CHARS,
+)
+from otel_pg_exporter.rows import Row
+
+REPLACEMENT_CHAR = "\ufffd"
+UNKNOWN_SERVICE = "unknown_service"
+_BIGINT_MIN = -(2**63)
+_BIGINT_MAX = 2**63 - 1
+_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
+
+_KIND_NAMES = {kind: kind.name.lower() for kind in SpanKind}
+_STATUS_NAMES = {code: code.name.lower() for code in StatusCode}
+
+
+def _refuse(value: object) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _make_json_encoder() -> Callable[[Any], str]:
+    # json.JSONEncoder.encode builds a new C encoder on every call; building it once halves
+    # the cost of encoding a small attribute dict, the largest item on the export path.
+    c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if c_make_encoder is None:  # pragma: no cover - interpreters without the C accelerator
+        return json.JSONEncoder(
+            ensure_ascii=False, allow_nan=False, check_circular=False, separators=(",", ":")
+        ).encode
+    chunks = c_make_encoder(
+        None, _refuse, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+    join = "".join
+
+    def encode(value: Any) -> str:
+        return join(chunks(value, 0))
+
+    return encode
+
+
+_encode_json = _make_json_encoder()
+
+
+def truncation_marker(dropped: int) -> str:
+    """The visible suffix of a value cut by a size cap."""
+    return f"…[truncated {dropped} chars]"
+
+
+def iso_time(time_ns: int) -> str:
+    """RFC 3339 UTC time with all nine fractional digits, so event times lose nothing."""
+    seconds, nanos = divmod(time_ns, 1_000_000_000)
+    stamp = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{nanos:09d}Z"
+
+
+def _is_clean_text(text: str) -> bool:
+    """True when PostgreSQL text and jsonb accept ``text`` as it is."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_clean_json(encoded: str, limit: int) -> bool:
+    # json escapes NUL as \u0000, which jsonb refuses; a literal backslash followed by
+    # "u0000" also matches and merely takes the (correct) slow path.
+    return len(encoded) <= limit and "\\u0000" not in encoded and _is_clean_text(encoded)
+
+
+def clean_text(text: str) -> str:
+    """Replace NUL and lone surrogates with U+FFFD; keep valid surrogate pairs as one char."""
+    if _is_clean_text(text):
+        return text
+    text = text.replace("\x00", REPLACEMENT_CHAR)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
+class _Cleaner:
+    """Rewrites one span's values into what JSON and PostgreSQL accept, within its budget."""
+
+    __slots__ = ("budget", "max_value_chars")
+
+    def __init__(self, max_value_chars: int, budget: int) -> None:
+        self.max_value_chars = max_value_chars
+        self.budget = budget
+
+    def text(self, value: str) -> str:
+        value = clean_text(value)
+        allowed = max(0, min(self.max_value_chars, self.budget))
+        if len(value) > allowed:
+            value = value[:allowed] + truncation_marker(len(value) - allowed)
+        self.budget -= len(value)
+        return value
+
+    def value(self, value: object) -> Any:
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, bool | int):
+            return value
+        if isinstance(value, float):
+            if math.isnan(value):
+                return "NaN"
+            return _NON_FINITE.get(value, value)
+        if isinstance(value, bytes | bytearray):
+            return self.text(bytes(value).decode("utf-8", "backslashreplace"))
+        if isinstance(value, Mapping):
+            return self.mapping(value)
+        if isinstance(value, Sequence):
+            return [self.value(item) for item in value]
+        if value is None:
+            return None
+        return self.text(repr(value))
+
+    def mapping(self, attributes: Mapping[Any, Any]) -> dict[str, Any]:
+        cleaned: dict[str, Any] = {}
+        for key, value in attributes.items():
+            name = self.text(key if isinstance(key, str) else repr(key))
+            while name in cleaned:  # two keys that sanitise to one must both survive
+                name += "'"
+            cleaned[name] = self.value(value)
+        return cleaned
+
+
+def _attribute_dict(attributes: object) -> dict[str, Any]:
+    """The plain dict behind an attribute mapping, without copying it when possible."""
+    if isinstance(attributes, BoundedAttributes):
+        inner = getattr(attributes, "_dict", None)
+        if isinstance(inner, dict):
+            return inner
+    if isinstance(attributes, dict):
+        return attributes
+    if isinstance(attributes, Mapping):
+        return dict(attributes)
+    return {}
+
+
+def _dropped(collection: object) -> int:
+    dropped = getattr(collection, "dropped", 0)
+    return dropped if isinstance(dropped, int) else 0
+
+
+def _events_doc(events: Sequence[Event]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": event.name,
+            "time": iso_time(event.timestamp),
+            "attributes": _attribute_dict(event.attributes),
+        }
+        for event in events
+    ]
+
+
+def _links_doc(links: Sequence[Link]) -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for link in links:
+        context = link.context
+        doc: dict[str, Any] = {
+            "trace_id": f"{context.trace_id:032x}",
+            "span_id": f"{context.span_id:016x}",
+            "attributes": _attribute_dict(link.attributes),
+        }
+        if context.trace_state:
+            doc["trace_state"] = context.trace_state.to_header()
+        docs.append(doc)
+    return docs
+
+
+def _clamp_ns(time_ns: int) -> int:
+    # The SDK only makes int64 nanoseconds; a hand-built span may not.
+    return (
+        time_ns
+        if _BIGINT_MIN <= time_ns <= _BIGINT_MAX
+        else max(_BIGINT_MIN, min(_BIGINT_MAX, time_ns))
+    )
+
+
+def execution_id_of(value: object) -> int | None:
+    """An int, or an all-ASCII-digit string, that fits a bigint; anything else is None."""
+    if isinstance(value, str):
+        if not (value.isascii() and value.isdigit()) or len(value) > 19:
+            return None
+        value = int(value)
+    elif not isinstance(value, int) or isinstance(value, bool):
+        return None
+    if _BIGINT_MIN <= value <= _BIGINT_MAX:
+        return value
+    return None
+
+
+_SAMPLED = 1
+_ORIGIN_CACHE_SIZE = 256
+
+
+class _Origin(NamedTuple):
+    """What spans of one resource, scope, trace flags and parent remoteness share."""
+
+    resource: Resource
+    scope: InstrumentationScope | None
+    service: str
+    resource_json: str
+    scope_name: str | None
+    otel: dict[str, Any]
+    otel_json: str | None
+
+
+class SpanMapper:
+    """Turns ``ReadableSpan`` objects into staging rows; pure, reusable, thread-compatible."""
+
+    def __init__(
+        self,
+        *,
+        execution_id_attribute: str = DEFAULT_EXECUTION_ID_ATTRIBUTE,
+        max_value_chars: int = DEFAULT_MAX_VALUE_CHARS,
+        max_span_chars: int = DEFAULT_MAX_SPAN_CHARS,
+    ) -> None:
+        self.execution_id_attribute = execution_id_attribute
+        self.max_value_chars = max_value_chars
+        self.max_span_chars = max_span_chars
+        # Spans of one provider share Resource and scope objects, and nearly all share trace
+        # flags and parent remoteness: encode each combination once. Entries keep the objects
+        # alive so that their id() cannot be reused while cached.
+        self._origin_cache: dict[tuple[int, int, int, bool], _Origin] = {}
+
+    def _origin(
+        self,
+        resource: Resource,
+        scope: InstrumentationScope | None,
+        trace_flags: int,
+        parent_is_remote: bool,
+    ) -> _Origin:
+        key = (id(resource), id(scope), trace_flags, parent_is_remote)
+        cached = self._origin_cache.get(key)
+        if cached is not None and cached.resource is resource and cached.scope is scope:
+            return cached
+        cleaner = _Cleaner(self.max_value_chars, self.max_span_chars)
+        resource_attributes = cleaner.mapping(resource.attributes)
+        service = resource_attributes.get("service.name")
+        if not isinstance(service, str) or not service:
+            service = UNKNOWN_SERVICE
+        otel: dict[str, Any] = {}
+        if trace_flags != _SAMPLED:
+            otel["trace_flags"] = trace_flags
+        if parent_is_remote:
+            otel["parent_is_remote"] = True
+        if resource.schema_url:
+            otel["resource_schema_url"] = cleaner.text(resource.schema_url)
+        scope_name = None
+        if scope is not None:
+            scope_name = cleaner.text(scope.name)
+            if scope.version:
+                otel["scope_version"] = cleaner.text(scope.version)
+            if scope.schema_url:
+                otel["scope_schema_url"] = cleaner.text(scope.schema_url)
+            if scope.attributes:
+                otel["scope_attributes"] = cleaner.mapping(scope.attributes)
+        origin = _Origin(
+            resource,
+            scope,
+            service,
+            _encode_json(resource_attributes),
+            scope_name,
+            otel,
+            _encode_json(otel) if otel else None,
+        )
+        if len(self._origin_cache) >= _ORIGIN_CACHE_SIZE:
+            self._origin_cache.clear()
+        self._origin_cache[key] = origin
+        return origin
+
+    def to_row(self, span: ReadableSpan) -> Row:
+        """One staging row for ``span``; never raises for any attribute content."""
+        context = span.context
+        if context is None:
+            raise ValueError("span has no context")
+        parent = span.parent
+        origin = self._origin(
+            span.resource,
+            span.instrumentation_scope,
+            context.trace_flags,
+            parent is not None and parent.is_remote,
+        )
+        # The SDK's public properties copy attributes, events and links on every access;
+        # read the containers they wrap, falling back to the properties for other spans.
+        raw_attributes = getattr(span, "_attributes", None)
+        attributes = _attribute_dict(raw_attributes or span.attributes)
+        raw_events = getattr(span, "_events", None)
+        raw_links = getattr(span, "_links", None)
+        if raw_events is None or raw_links is None:
+            raw_events, raw_links = span.events, span.links
+        events = _events_doc(raw_events) if raw_events else None
+        links = _links_doc(raw_links) if raw_links else None
+
+        otel = None
+        trace_state = context.trace_state
+        dropped_attributes = _dropped(raw_attributes)
+        dropped_events = _dropped(raw_events)
+        dropped_links = _dropped(raw_links)
+        if trace_state or dropped_attributes or dropped_events or dropped_links:
+            otel = dict(origin.otel)
+            if trace_state:
+                otel["trace_state"] = trace_state.to_header()
+            if dropped_attributes or dropped_events or dropped_links:
+                otel["dropped"] = {
+                    "attributes": dropped_attributes,
+                    "events": dropped_events,
+                    "links": dropped_links,
+                }
+
+        name = span.name
+        if not (_is_clean_text(name) and len(name) <= self.max_value_chars):
+            name = _Cleaner(self.max_value_chars, self.max_value_chars).text(name)
+        status = span.status
+        status_message = status.description
+        if status_message is not None and not (
+            _is_clean_text(status_message) and len(status_message) <= self.max_value_chars
+        ):
+            status_message = _Cleaner(self.max_value_chars, self.max_value_chars).text(
+                status_message
+            )
+        metadata, events_json, links_json, otel_json = self._encode_documents(
+            attributes, events, links, otel
+        )
+        start = _clamp_ns(span.start_time or 0)
+        return (
+            f"{context.trace_id:032x}",
+            f"{context.span_id:016x}",
+            None if parent is None else f"{parent.span_id:016x}",
+            origin.service,
+            name,
+            _KIND_NAMES[span.kind],
+            start,
+            _clamp_ns(span.end_time) if span.end_time else start,
+            _STATUS_NAMES[status.status_code],
+            status_message,
+            execution_id_of(attributes.get(self.execution_id_attribute)),
+            metadata,
+            events_json,
+            links_json,
+            origin.resource_json,
+            origin.scope_name,
+            origin.otel_json if otel is None else otel_json,
+        )
+
+    def _encode_documents(
+        self,
+        attributes: dict[str, Any],
+        events: list[dict[str, Any]] | None,
+        links: list[dict[str, Any]] | None,
+        otel: dict[str, Any] | None,
+    ) -> tuple[str, str | None, str | None, str | None]:
+        try:
+            metadata = _encode_json(attributes)
+            events_json = None if events is None else _encode_json(events)
+            links_json = None if links is None else _encode_json(links)
+            otel_json = None if otel is None else _encode_json(otel)
+        except (TypeError, ValueError):
+            pass  # NaN, infinities or a type JSON cannot encode: clean below
+        else:
+            # A document shorter than the value cap cannot hold an over-long value.
+            limit = self.max_value_chars
+            clean = _is_clean_json(metadata, limit)
+            total = len(metadata)
+            for document in (events_json, links_json, otel_json):
+                if document is not None:
+                    total += len(document)
+                    clean = clean and _is_clean_json(document, limit)
+            if clean and total <= self.max_span_chars:
+                return metadata, events_json, links_json, otel_json
+
+        cleaner = _Cleaner(self.max_value_chars, self.max_span_chars)
+        metadata = _encode_json(cleaner.mapping(attributes))
+        events_json = None if events is None else _encode_json(cleaner.value(events))
+        links_json = None if links is None else _encode_json(cleaner.value(links))
+        otel_json = None if otel is None else _encode_json(cleaner.mapping(otel))
+        return metadata, events_json, links_json, otel_json

@@ -1,0 +1,410 @@
+"""Stores rows in PostgreSQL: owns the connection pool, knows rows, not spans.
+
+Each batch is copied (binary COPY) into a per-connection temporary staging table and moved
+into the spans table with ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` in the same
+transaction, so a retried or replayed batch never duplicates a row. A row the database
+rejects is isolated by bisecting the batch; the rest of the batch is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
+from psycopg import errors, sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from otel_pg_exporter.config import redact_dsn
+from otel_pg_exporter.rows import STAGE_COLUMNS, Row
+
+logger = logging.getLogger("otel_pg_exporter")
+
+STAGE_TABLE = "otel_pg_exporter_stage"
+APPLICATION_NAME = "otel_pg_exporter"
+POOL_NAME = "otel_pg_exporter"
+
+# While the database is down, exports fail at once instead of waiting out their timeout;
+# a new connection attempt is allowed after this delay, doubling up to the maximum.
+PROBE_DELAY_MIN_S = 0.5
+PROBE_DELAY_MAX_S = 30.0
+_GETCONN_SLICE_S = 0.05
+
+
+class WriteError(Exception):
+    """A batch could not be stored; ``cause`` is a short, password-free reason."""
+
+    transient = True
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
+class DatabaseUnavailable(WriteError):
+    """No connection could be had: server down, unreachable, refusing, or auth failed."""
+
+
+class WriteTimeout(WriteError):
+    """The export deadline passed (slow server, lock wait, statement timeout)."""
+
+
+class SchemaProblem(WriteError):
+    """The spans table is missing or not writable; retrying will not help."""
+
+    transient = False
+
+
+class RowRejected(WriteError):
+    """The database refused the content of at least one row of the batch."""
+
+    transient = False
+
+
+@dataclass
+class WriteOutcome:
+    """What one ``write`` achieved: rows inserted, duplicates skipped, rows refused."""
+
+    inserted: int = 0
+    duplicates: int = 0
+    rejected: list[tuple[Row, str]] = field(default_factory=list)
+
+    def add(self, other: WriteOutcome) -> None:
+        self.inserted += other.inserted
+        self.duplicates += other.duplicates
+        self.rejected.extend(other.rejected)
+
+
+@contextmanager
+def untraced() -> Iterator[None]:
+    """Keep instrumentations (psycopg's included) from tracing the exporter's own work."""
+    token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+    try:
+        yield
+    finally:
+        detach(token)
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line cause: the exception class, its SQLSTATE and first message line."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    name = type(exc).__name__
+    head = f"{name} [{sqlstate}]" if sqlstate else name
+    return redact_dsn(f"{head}: {text}" if text else head)
+
+
+class _Health:
+    """Connection health shared with the pool's worker threads."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.failure: str | None = None
+        self.failed_at = 0.0
+        self.probe_delay = PROBE_DELAY_MIN_S
+        self.next_probe_at = 0.0
+
+    def connect_failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.failure = describe(exc)
+            self.failed_at = now
+            jitter = random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not security
+            self.next_probe_at = now + self.probe_delay * jitter
+            self.probe_delay = min(self.probe_delay * 2, PROBE_DELAY_MAX_S)
+
+    def connect_succeeded(self) -> None:
+        with self.lock:
+            self.failure = None
+            self.probe_delay = PROBE_DELAY_MIN_S
+            self.next_probe_at = 0.0
+
+    def down_cause(self, now: float) -> str | None:
+        """The last connect failure while the next probe is not yet due, else None."""
+        with self.lock:
+            if self.failure is not None and now < self.next_probe_at:
+                return self.failure
+            return None
+
+    def failure_since(self, since: float) -> str | None:
+        with self.lock:
+            if self.failure is not None and self.failed_at >= since:
+                return self.failure
+            return None
+
+
+def _connection_class(health: _Health) -> type[psycopg.Connection[Any]]:
+    """A Connection whose connect() is untraced and reports to ``health``."""
+
+    class _ExporterConnection(psycopg.Connection[Any]):
+        @classmethod
+        def connect(
+            cls, conninfo: str = "", **kwargs: Any
+        ) -> _ExporterConnection:
+            with untraced():
+                try:
+                    conn = super().connect(conninfo, **kwargs)
+                except BaseException as exc:
+                    health.connect_failed(exc)
+                    raise
+            health.connect_succeeded()
+            return conn
+
+    return _ExporterConnection
+
+
+_ROW_ERRORS: tuple[type[BaseException], ...] = (
+    errors.DataError,
+    errors.IntegrityError,
+    errors.ProgramLimitExceeded,
+    errors.StatementTooComplex,
+    UnicodeError,
+    OverflowError,
+)
+_SCHEMA_ERRORS: tuple[type[BaseException], ...] = (
+    errors.UndefinedTable,
+    errors.UndefinedColumn,
+    errors.InvalidSchemaName,
+    errors.InsufficientPrivilege,
+    errors.ReadOnlySqlTransaction,
+    errors.DatatypeMismatch,
+    errors.WrongObjectType,
+)
+_TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (
+    errors.QueryCanceled,
+    errors.LockNotAvailable,
+)
+
+
+class SpanWriter:
+    """Writes rows to ``[schema.]table`` through a small lazily opened connection pool."""
+
+    def __init__(
+        self,
+        *,
+        dsn: str,
+        table: str,
+        schema: str | None = None,
+        pool_max: int = 2,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self._dsn = dsn
+        self._timeout_s = timeout_s
+        self._pool_max = pool_max
+        self._target = sql.Identifier(schema, table) if schema else sql.Identifier(table)
+        self._health = _Health()
+        self._lock = threading.Lock()
+        self._pool: ConnectionPool[Any] | None = None
+        self._closed = False
+        self._pid = os.getpid()
+        columns = sql.SQL(", ").join(sql.Identifier(name) for name, _ in STAGE_COLUMNS)
+        self._types = [pg_type for _, pg_type in STAGE_COLUMNS]
+        self._create_stage_sql = sql.SQL(
+            "CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ({columns}) ON COMMIT DELETE ROWS"
+        ).format(
+            stage=sql.Identifier(STAGE_TABLE),
+            columns=sql.SQL(", ").join(
+                sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(pg_type))
+                for name, pg_type in STAGE_COLUMNS
+            ),
+        )
+        self._copy_sql = sql.SQL("COPY {stage} ({columns}) FROM STDIN (FORMAT BINARY)").format(
+            stage=sql.Identifier(STAGE_TABLE), columns=columns
+        )
+        # Integer division keeps timestamps exact to the microsecond (float seconds would not).
+        self._insert_sql = sql.SQL(
+            "INSERT INTO {target} (trace_id, span_id, parent_span_id, service, operation, kind,"
+            " started_at, completed_at, duration_ms, status, status_message, execution_id,"
+            " metadata, events, links, resource, scope, otel)"
+            " SELECT trace_id, span_id, parent_span_id, service, operation, kind,"
+            " timestamptz 'epoch' + (start_ns / 1000) * interval '1 microsecond',"
+            " timestamptz 'epoch' + (end_ns / 1000) * interval '1 microsecond',"
+            " (end_ns - start_ns) / 1e6::float8, status, status_message, execution_id,"
+            " metadata::jsonb, events::jsonb, links::jsonb, resource::jsonb, scope, otel::jsonb"
+            " FROM {stage} ON CONFLICT DO NOTHING"
+        ).format(target=self._target, stage=sql.Identifier(STAGE_TABLE))
+        _track_for_fork(self)
+
+    def __repr__(self) -> str:
+        return f"SpanWriter(dsn={redact_dsn(self._dsn)!r}, target={self._target.as_string()!r})"
+
+    @property
+    def database_down_cause(self) -> str | None:
+        """Why the database is considered down right now, or None."""
+        return self._health.down_cause(time.monotonic())
+
+    def write(self, rows: Sequence[Row], deadline: float) -> WriteOutcome:
+        """Store ``rows`` before ``deadline`` (monotonic); raise WriteError if none could be.
+
+        Rows the database refuses are returned in ``WriteOutcome.rejected``; every other row
+        of the batch is stored.
+        """
+        if not rows:
+            return WriteOutcome()
+        with untraced():
+            try:
+                return self._write_batch(rows, deadline)
+            except RowRejected as exc:
+                if len(rows) == 1:
+                    return WriteOutcome(rejected=[(rows[0], exc.cause)])
+            outcome = WriteOutcome()
+            middle = len(rows) // 2
+            outcome.add(self.write(rows[:middle], deadline))
+            outcome.add(self.write(rows[middle:], deadline))
+            return outcome
+
+    def _write_batch(self, rows: Sequence[Row], deadline: float) -> WriteOutcome:
+        conn = self._getconn(deadline)
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
+                cur.execute(
+                    "SELECT set_config('statement_timeout', %s, true),"
+                    " set_config('lock_timeout', %s, true)",
+                    (str(remaining_ms), str(remaining_ms)),
+                )
+                with cur.copy(self._copy_sql) as copy:
+                    copy.set_types(self._types)
+                    write_row = copy.write_row
+                    for row in rows:
+                        write_row(row)
+                cur.execute(self._insert_sql)
+                inserted = max(cur.rowcount, 0)
+        except _ROW_ERRORS as exc:
+            raise RowRejected(describe(exc)) from exc
+        except _SCHEMA_ERRORS as exc:
+            raise SchemaProblem(describe(exc)) from exc
+        except _TIMEOUT_ERRORS as exc:
+            raise WriteTimeout(describe(exc)) from exc
+        except psycopg.Error as exc:
+            raise DatabaseUnavailable(describe(exc)) from exc
+        finally:
+            self._putconn(conn)
+        return WriteOutcome(inserted=inserted, duplicates=len(rows) - inserted)
+
+    def _getconn(self, deadline: float) -> psycopg.Connection[Any]:
+        start = time.monotonic()
+        cause = self._health.down_cause(start)
+        if cause is not None:
+            raise DatabaseUnavailable(cause)
+        pool = self._open_pool_lazily()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                failure = self._health.failure_since(start)
+                if failure is not None:
+                    raise DatabaseUnavailable(failure)
+                raise WriteTimeout(f"no database connection within {self._timeout_s:g} s")
+            try:
+                conn: psycopg.Connection[Any] = pool.getconn(
+                    timeout=min(remaining, _GETCONN_SLICE_S)
+                )
+                return conn
+            except PoolTimeout:
+                failure = self._health.failure_since(start)
+                if failure is not None:
+                    raise DatabaseUnavailable(failure) from None
+            except psycopg.Error as exc:
+                raise DatabaseUnavailable(describe(exc)) from exc
+
+    def _putconn(self, conn: psycopg.Connection[Any]) -> None:
+        pool = self._pool
+        if pool is None:  # closed meanwhile (shutdown, or a fork dropped it)
+            conn.close()
+            return
+        pool.putconn(conn)
+
+    def _open_pool_lazily(self) -> ConnectionPool[Any]:
+        with self._lock:
+            if self._closed:
+                raise WriteError("exporter is shut down")
+            if self._pool is not None:
+                return self._pool
+            try:
+                given = conninfo_to_dict(self._dsn)
+            except psycopg.Error as exc:
+                raise SchemaProblem(f"invalid connection string: {describe(exc)}") from exc
+            kwargs: dict[str, Any] = {"autocommit": False}
+            if "connect_timeout" not in given:
+                kwargs["connect_timeout"] = max(2, round(self._timeout_s))
+            if "application_name" not in given:
+                kwargs["application_name"] = APPLICATION_NAME
+            pool: ConnectionPool[Any] = ConnectionPool(
+                self._dsn,
+                connection_class=_connection_class(self._health),
+                kwargs=kwargs,
+                min_size=1,
+                max_size=self._pool_max,
+                open=False,
+                configure=self._configure_connection,
+                name=POOL_NAME,
+                timeout=self._timeout_s,
+                reconnect_timeout=max(self._timeout_s, PROBE_DELAY_MAX_S),
+                num_workers=1,
+            )
+            with untraced():
+                pool.open(wait=False)
+            self._pool = pool
+            return pool
+
+    def _configure_connection(self, conn: psycopg.Connection[Any]) -> None:
+        # Runs in the pool's worker thread, where the caller's context does not reach.
+        with untraced(), conn.transaction():
+            conn.execute(self._create_stage_sql)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Close the pool; idempotent. Later writes raise WriteError."""
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            with untraced():
+                pool.close(timeout=timeout_s)
+
+    def forget_pool_after_fork(self) -> None:
+        """In a forked child: drop the parent's pool without touching its connections."""
+        # psycopg never closes a connection inherited from another process, so dropping the
+        # references is safe; the child opens its own pool on its next write.
+        self._pool = None
+        self._lock = threading.Lock()
+        self._health = _Health()
+        self._pid = os.getpid()
+
+
+class _QuietPoolLog(logging.Filter):
+    """Drop psycopg_pool's per-attempt warnings about our pool: the exporter reports the
+    same cause itself, once a minute, with advice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (isinstance(args, tuple) and args and args[0] == POOL_NAME)
+
+
+_pool_logger = logging.getLogger("psycopg.pool")
+if not any(isinstance(f, _QuietPoolLog) for f in _pool_logger.filters):
+    _pool_logger.addFilter(_QuietPoolLog())
+
+
+_writers: weakref.WeakSet[SpanWriter] = weakref.WeakSet()
+
+
+def _track_for_fork(writer: SpanWriter) -> None:
+    _writers.add(writer)
+
+
+def _after_fork_in_child() -> None:
+    for writer in list(_writers):
+        writer.forget_pool_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
