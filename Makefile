@@ -1,0 +1,42 @@
+# Developer and CI entry points. `make test` is exactly what CI runs (.ci/run).
+# Needs only Python >= 3.10 with venv and the PostgreSQL server binaries (pg_ctl, initdb,
+# postgres); the tests start their own throwaway server, as root or as an ordinary user.
+
+PYTHON ?= python3
+VENV ?= .venv
+VENV_BIN := $(VENV)/bin
+# Touched after a successful install and older than pyproject.toml when the dependencies may
+# have changed: depend on it from any target that needs the tools or the package installed.
+VENV_STAMP := $(VENV)/.installed
+
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.DEFAULT_GOAL := test
+.PHONY: test venv lint typecheck format clean
+
+venv: $(VENV_STAMP)
+
+# A venv without a working pip (python3-venv missing, an interrupted run) is made again.
+$(VENV_STAMP): pyproject.toml
+	$(VENV_BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
+	$(VENV_BIN)/python -m pip install --quiet --upgrade pip
+	$(VENV_BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+lint: $(VENV_STAMP)
+	$(VENV_BIN)/ruff check .
+	$(VENV_BIN)/ruff format --check .
+
+typecheck: $(VENV_STAMP)
+	$(VENV_BIN)/mypy
+
+format: $(VENV_STAMP)
+	$(VENV_BIN)/ruff format .
+	$(VENV_BIN)/ruff check --fix .
+
+test: lint typecheck
+	$(VENV_BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist
+	find . -path ./.git -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

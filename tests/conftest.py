@@ -1,0 +1,69 @@
+"""Shared fixtures: one real PostgreSQL per session and a fresh database per test.
+
+Set ``TEST_DATABASE_URL`` to an admin DSN to test against an existing server instead of a
+throwaway cluster started from the local PostgreSQL binaries.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from otel_pg_exporter.devdb import DevCluster, ExternalServer, PgServer
+
+logger = logging.getLogger("otel_pg_exporter")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgServer]:
+    """The session's PostgreSQL: ``TEST_DATABASE_URL`` if set, else a throwaway cluster."""
+    url = os.environ.get("TEST_DATABASE_URL", "").strip()
+    if url:
+        yield ExternalServer(url)
+        return
+    cluster = DevCluster(fsync=False)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture(scope="session")
+def dev_cluster(pg_cluster: PgServer) -> Iterator[DevCluster]:
+    """A cluster this run may stop and restart: the session one, or its own beside a URL server."""
+    if isinstance(pg_cluster, DevCluster):
+        yield pg_cluster
+        return
+    cluster = DevCluster(fsync=False)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def fresh_dsn(pg_cluster: PgServer) -> Iterator[str]:
+    """A uniquely named empty database, dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    dsn = pg_cluster.create_database(name)
+    yield dsn
+    if isinstance(pg_cluster, DevCluster) and not pg_cluster.is_running():
+        # A fault test that failed before restarting the server must not fail every later test.
+        logger.warning("A test left PostgreSQL stopped; starting it again")
+        pg_cluster.start()
+    pg_cluster.drop_database(name)
+
+
+@pytest.fixture
+def migrated_dsn(fresh_dsn: str) -> str:
+    """A fresh database with every migration applied."""
+    from otel_pg_exporter.migrations import migrate
+
+    migrate(fresh_dsn)
+    return fresh_dsn
