@@ -1,0 +1,373 @@
+"""Versioned schema migrations for the spans table: apply, inspect, roll back.
+
+The numbered files in ``sql/`` (shipped in the wheel as ``otel_pg_exporter/sql``) are templates
+whose names are filled in with ``psycopg.sql.Identifier``, so the schema and table are
+configurable and always quoted. Each pending file runs in its own transaction together with its
+history row, under a transaction-level advisory lock, so concurrent runs apply it once.
+
+The history table is ``otel_pg_schema_migrations``, not ``schema_migrations``: that name belongs
+to golang-migrate's and Rails' own tables, which the services sharing the database already have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psycopg
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import TupleRow
+
+from otel_pg_exporter.config import DEFAULT_TABLE, redact_dsn
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+logger = logging.getLogger("otel_pg_exporter")
+
+__all__ = [
+    "MIGRATIONS_TABLE",
+    "Migration",
+    "MigrationError",
+    "applied_versions",
+    "available_migrations",
+    "index_name",
+    "migrate",
+    "rollback",
+]
+
+MIGRATIONS_TABLE = "otel_pg_schema_migrations"
+"""History table, in the spans table's schema: one row per (spans table, applied version)."""
+
+CONNECT_TIMEOUT_S = 10
+APPLICATION_NAME = "otel-pg migrate"
+
+# One fixed key for every otel_pg_exporter migration in a database: a stable 64-bit number
+# that no other application is likely to pick.
+ADVISORY_LOCK_KEY = int.from_bytes(
+    hashlib.sha256(b"otel_pg_exporter.migrate").digest()[:8], "big", signed=True
+)
+
+_IDENTIFIER_MAX_BYTES = 63
+_MIGRATION_FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
+_ROLLBACK_FILE = "rollback.sql"
+# Passwords shorter than this are not scrubbed from messages by value: they would mangle every
+# word containing them, and libpq never echoes a password anyway (redact_dsn still applies).
+_SCRUB_MIN_CHARS = 4
+
+
+class MigrationError(Exception):
+    """A migration, rollback or history read failed; the message never contains a password."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered file of ``sql/``: ``0001_trace_spans.sql`` is version 1, name trace_spans."""
+
+    version: int
+    name: str
+    template: str
+
+    @property
+    def filename(self) -> str:
+        return f"{self.version:04d}_{self.name}.sql"
+
+
+def _sql_dir() -> Traversable:
+    """``otel_pg_exporter/sql`` in an installed wheel, else the repository's top-level ``sql/``."""
+    try:
+        packaged = resources.files("otel_pg_exporter") / "sql"
+        if packaged.is_dir():
+            return packaged
+    except (ModuleNotFoundError, TypeError, ValueError):
+        pass
+    return Path(__file__).resolve().parent.parent / "sql"
+
+
+def available_migrations() -> list[Migration]:
+    """Every migration shipped with the package, in version order."""
+    folder = _sql_dir()
+    found: dict[int, Migration] = {}
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            match = _MIGRATION_FILE.match(entry.name)
+            if match is None:
+                continue
+            version = int(match["version"])
+            if version in found:
+                raise MigrationError(
+                    f"two migration files share version {version}: "
+                    f"{found[version].filename} and {entry.name}"
+                )
+            found[version] = Migration(version, match["name"], entry.read_text(encoding="utf-8"))
+    if not found:
+        raise MigrationError(f"no migration files found in {folder}")
+    return [found[version] for version in sorted(found)]
+
+
+def _rollback_template() -> str:
+    return (_sql_dir() / _ROLLBACK_FILE).read_text(encoding="utf-8")
+
+
+def index_name(table: str, suffix: str) -> str:
+    """``{table}_{suffix}_idx``, shortened with a hash of the table name to fit 63 bytes."""
+    tail = f"_{suffix}_idx"
+    full = table + tail
+    if len(full.encode("utf-8")) <= _IDENTIFIER_MAX_BYTES:
+        return full
+    digest = hashlib.sha256(table.encode("utf-8")).hexdigest()[:8]
+    room = _IDENTIFIER_MAX_BYTES - len(tail.encode("utf-8")) - len(digest) - 1
+    # Cut on a character boundary: a split UTF-8 sequence is dropped, never kept half.
+    head = table.encode("utf-8")[:room].decode("utf-8", "ignore")
+    return f"{head}_{digest}{tail}"
+
+
+def _check_identifier(parameter: str, value: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{parameter} must be str, got {type(value).__name__}")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"{parameter} must be valid UTF-8 text") from None
+    if not value or "\x00" in value or size > _IDENTIFIER_MAX_BYTES:
+        raise ValueError(
+            f"{parameter} must be a non-empty identifier of at most 63 bytes without NUL, "
+            f"got {value!r}"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where the spans table lives, and every name the templates may use."""
+
+    schema: str | None
+    table: str
+
+    def qualified(self, name: str) -> sql.Identifier:
+        return sql.Identifier(self.schema, name) if self.schema else sql.Identifier(name)
+
+    @property
+    def spans(self) -> sql.Identifier:
+        return self.qualified(self.table)
+
+    @property
+    def history(self) -> sql.Identifier:
+        return self.qualified(MIGRATIONS_TABLE)
+
+    def names(self, conn: psycopg.Connection[TupleRow]) -> Mapping[str, sql.Composable]:
+        return {
+            "table": self.spans,
+            "migrations": self.history,
+            "table_name": sql.Literal(self.table),
+            "migrations_regclass": sql.Literal(self.history.as_string(conn)),
+            "idx_created_at": sql.Identifier(index_name(self.table, "created_at")),
+            "idx_execution_id": sql.Identifier(index_name(self.table, "execution_id")),
+            "idx_service_started_at": sql.Identifier(index_name(self.table, "service_started_at")),
+        }
+
+    def render(
+        self, conn: psycopg.Connection[TupleRow], template: str, filename: str
+    ) -> sql.Composed:
+        try:
+            return sql.SQL(template).format(**self.names(conn))
+        except (KeyError, IndexError, ValueError) as exc:
+            raise MigrationError(
+                f"{filename}: bad template ({type(exc).__name__}: {exc}); "
+                "placeholders are {table}, {migrations}, {table_name}, {migrations_regclass}, "
+                "{idx_created_at}, {idx_execution_id}, {idx_service_started_at}; "
+                "double literal braces"
+            ) from None
+
+    def describe(self) -> str:
+        return f"{self.schema}.{self.table}" if self.schema else self.table
+
+
+def _target(schema: str | None, table: str) -> _Target:
+    if schema is not None:
+        _check_identifier("schema", schema)
+    return _Target(schema, _check_identifier("table", table))
+
+
+@contextmanager
+def _untraced() -> Iterator[None]:
+    """Our own database work never becomes spans (as the SDK's BatchSpanProcessor does it)."""
+    token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+    try:
+        yield
+    finally:
+        detach(token)
+
+
+def _scrub(text: str, dsn: str) -> str:
+    text = redact_dsn(text)
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except psycopg.Error:
+        password = None
+    if isinstance(password, str) and len(password) >= _SCRUB_MIN_CHARS:
+        text = text.replace(password, "***")
+    return text
+
+
+def _shown_dsn(dsn: str) -> str:
+    return repr(redact_dsn(dsn)) if dsn.strip() else "the libpq defaults (PG* variables)"
+
+
+@contextmanager
+def _connection(dsn: str) -> Iterator[psycopg.Connection[TupleRow]]:
+    """An autocommit connection; every failure becomes a MigrationError without a password."""
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.Error as exc:
+        # libpq quotes the offending part of a malformed string, which may be the password.
+        if redact_dsn(dsn) == dsn:
+            detail = _scrub(str(exc).strip(), dsn)
+        else:
+            detail = "libpq's detail is withheld because it may quote the password"
+        raise MigrationError(f"invalid connection string {_shown_dsn(dsn)}: {detail}") from None
+    with _untraced():
+        try:
+            conn = psycopg.connect(
+                dsn,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                application_name=APPLICATION_NAME,
+            )
+        except psycopg.Error as exc:
+            raise MigrationError(
+                f"cannot connect to {_shown_dsn(dsn)}: {_scrub(str(exc).strip(), dsn)}"
+            ) from None
+        try:
+            with conn:
+                yield conn
+        except psycopg.Error as exc:
+            message = _scrub(str(exc).strip(), dsn)
+            raise MigrationError(f"{type(exc).__name__}: {message}") from None
+
+
+def _lock(conn: psycopg.Connection[TupleRow]) -> None:
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
+
+
+def _exists(conn: psycopg.Connection[TupleRow], name: sql.Identifier) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name.as_string(conn),)).fetchone()
+    return bool(row and row[0])
+
+
+def _read_applied(conn: psycopg.Connection[TupleRow], target: _Target) -> list[int]:
+    if not _exists(conn, target.history):
+        return []
+    query = sql.SQL("SELECT version FROM {} WHERE table_name = %s ORDER BY version").format(
+        target.history
+    )
+    return [int(row[0]) for row in conn.execute(query, (target.table,))]
+
+
+def _ensure_history(conn: psycopg.Connection[TupleRow], target: _Target) -> None:
+    """Create the schema and history table when missing; caller holds the lock.
+
+    Checked first rather than with IF NOT EXISTS alone: CREATE SCHEMA IF NOT EXISTS still needs
+    the CREATE privilege on the database, which a role running an up-to-date check may lack.
+    """
+    if target.schema is not None:
+        row = conn.execute(
+            "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = %s)", (target.schema,)
+        ).fetchone()
+        if not (row and row[0]):
+            conn.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(target.schema))
+            )
+    if not _exists(conn, target.history):
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {history} ("
+                " table_name text NOT NULL,"
+                " version integer NOT NULL,"
+                " name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now(),"
+                " PRIMARY KEY (table_name, version))"
+            ).format(history=target.history)
+        )
+        conn.execute(
+            sql.SQL("COMMENT ON TABLE {} IS {}").format(
+                target.history,
+                sql.Literal(
+                    "Schema migrations applied by otel-pg migrate (otel_pg_exporter), one row "
+                    "per spans table and version."
+                ),
+            )
+        )
+
+
+def migrate(dsn: str, *, schema: str | None = None, table: str = DEFAULT_TABLE) -> list[int]:
+    """Apply the pending migrations to ``schema.table``; return the versions applied now.
+
+    An empty list means the table was already up to date. Safe to run concurrently.
+    """
+    target = _target(schema, table)
+    migrations = available_migrations()
+    applied_now: list[int] = []
+    with _connection(dsn) as conn:
+        with conn.transaction():
+            _lock(conn)
+            _ensure_history(conn, target)
+            done = set(_read_applied(conn, target))
+        for migration in migrations:
+            if migration.version in done:
+                continue
+            with conn.transaction():
+                _lock(conn)
+                # Re-read under the lock: a concurrent run may have applied it meanwhile.
+                done = set(_read_applied(conn, target))
+                if migration.version in done:
+                    continue
+                if not done and _exists(conn, target.spans):
+                    raise MigrationError(
+                        f"table {target.describe()!r} already exists but is not recorded in "
+                        f"{MIGRATIONS_TABLE}: otel-pg migrate never alters an existing table; "
+                        "rename it or choose another table name"
+                    )
+                conn.execute(target.render(conn, migration.template, migration.filename))
+                conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {} (table_name, version, name) VALUES (%s, %s, %s)"
+                    ).format(target.history),
+                    (target.table, migration.version, migration.name),
+                )
+            applied_now.append(migration.version)
+            logger.info("Applied migration %s to %s", migration.filename, target.describe())
+    return applied_now
+
+
+def applied_versions(
+    dsn: str, *, schema: str | None = None, table: str = DEFAULT_TABLE
+) -> list[int]:
+    """The versions recorded for ``schema.table``, ascending; empty when none or no history."""
+    target = _target(schema, table)
+    with _connection(dsn) as conn:
+        return _read_applied(conn, target)
+
+
+def rollback(dsn: str, *, schema: str | None = None, table: str = DEFAULT_TABLE) -> None:
+    """Drop the spans table and its history rows (and the history table once it is empty)."""
+    target = _target(schema, table)
+    template = _rollback_template()
+    with _connection(dsn) as conn, conn.transaction():
+        _lock(conn)
+        if _exists(conn, target.spans) and not _read_applied(conn, target):
+            raise MigrationError(
+                f"table {target.describe()!r} is not recorded in {MIGRATIONS_TABLE}: "
+                "otel-pg rollback drops only what otel-pg migrate created"
+            )
+        conn.execute(target.render(conn, template, _ROLLBACK_FILE))
+    logger.info("Rolled back %s", target.describe())

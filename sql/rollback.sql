@@ -1,0 +1,34 @@
+-- otel_pg_exporter rollback: undo every migration of one spans table.
+--
+-- A template like the migrations (every literal brace doubled): otel-pg rollback fills in
+-- the spans table's quoted name, and the history table's name and the spans table's name as
+-- string literals. It drops exactly what
+-- the migrations created: the table (its indexes and comments go with it), the table's rows
+-- in otel_pg_schema_migrations, and that history table itself once no other spans table is
+-- recorded in it. A schema created by migrate is left in place: it may have existed before.
+-- No CASCADE: a view someone built on the table makes the rollback fail instead of vanishing.
+
+DROP TABLE IF EXISTS {table};
+
+-- The names reach the DO block through transaction-local settings, so that no user text is
+-- ever pasted inside its dollar-quoted body.
+SELECT
+    set_config('otel_pg_exporter.migrations_table', {migrations_regclass}, true),
+    set_config('otel_pg_exporter.table_name', {table_name}, true);
+
+DO $$
+DECLARE
+    history regclass := to_regclass(current_setting('otel_pg_exporter.migrations_table'));
+    others boolean;
+BEGIN
+    IF history IS NULL THEN
+        RETURN;
+    END IF;
+    EXECUTE format('DELETE FROM %s WHERE table_name = $1', history)
+        USING current_setting('otel_pg_exporter.table_name');
+    EXECUTE format('SELECT EXISTS (SELECT FROM %s)', history) INTO others;
+    IF NOT others THEN
+        EXECUTE format('DROP TABLE %s', history);
+    END IF;
+END
+$$;
