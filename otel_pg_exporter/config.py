@@ -227,6 +227,26 @@ def _at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def resolve_enabled(explicit: bool | None, environ: Mapping[str, str]) -> bool:
+    """``enabled=`` > ENABLE_DB_TRACING > off. A garbage value is reported once: off."""
+    if explicit is not None:
+        if not isinstance(explicit, bool):
+            raise ValueError(f"enabled must be bool, got {type(explicit).__name__}")
+        return explicit
+    return env_value(environ, (ev.ENABLE_DB_TRACING,), parse_bool, False)
+
+
+def resolve_flag(
+    name: str, explicit: bool | None, variable: str, environ: Mapping[str, str], default: bool
+) -> bool:
+    """A boolean option: explicit argument > its variable > default."""
+    if explicit is not None:
+        if not isinstance(explicit, bool):
+            raise ValueError(f"{name} must be bool, got {type(explicit).__name__}")
+        return explicit
+    return env_value(environ, (variable,), parse_bool, default)
+
+
 def resolve_dsn(explicit: str | None, environ: Mapping[str, str]) -> str:
     """``--dsn``/argument > OTEL_EXPORTER_POSTGRES_DSN > DATABASE_URL > "" (libpq ``PG*``)."""
     if explicit is not None:

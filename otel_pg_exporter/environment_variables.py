@@ -89,3 +89,11 @@ OTEL_EXPORTER_POSTGRES_SPOOL_MAX_MB = "OTEL_EXPORTER_POSTGRES_SPOOL_MAX_MB"
 
 Largest size of the on-disk buffer, in megabytes. Default: ``256``.
 """
+
+OTEL_EXPORTER_POSTGRES_LOG_CORRELATION = "OTEL_EXPORTER_POSTGRES_LOG_CORRELATION"
+"""
+.. envvar:: OTEL_EXPORTER_POSTGRES_LOG_CORRELATION
+
+Whether ``logging`` records get ``trace_id`` and ``span_id`` fields (``%(trace_id)s`` in
+format strings). Default: ``true``.
+"""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -11,7 +12,7 @@ from dataclasses import dataclass, fields
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from otel_pg_exporter.config import ExporterSettings
+from otel_pg_exporter.config import ExporterSettings, resolve_enabled
 from otel_pg_exporter.mapping import SpanMapper
 from otel_pg_exporter.rows import Row
 from otel_pg_exporter.writer import SpanWriter, WriteError, describe, untraced
@@ -29,6 +30,18 @@ _ADVICE = {
     "or check OTEL_EXPORTER_POSTGRES_SCHEMA / _TABLE and the user's privileges",
     "RowRejected": "the rest of the batch was stored; please report the cause",
 }
+
+
+_said_off = threading.Event()
+
+
+def _say_tracing_is_off() -> None:
+    if not _said_off.is_set():
+        _said_off.set()
+        logger.info(
+            "ENABLE_DB_TRACING is off: spans are not written to PostgreSQL. "
+            "Set ENABLE_DB_TRACING=true (or pass enabled=True) to turn it on."
+        )
 
 
 class _RateLimitedWarnings:
@@ -71,16 +84,18 @@ class ExporterStats:
 class PostgresSpanExporter(SpanExporter):
     """Writes finished spans to a PostgreSQL table, one COPY per batch.
 
-    Every argument falls back to its environment variable (see ``environment_variables``),
-    then to its default. Construction never touches the network and never raises on a bad
-    environment value; ``export`` never raises and returns FAILURE when the batch could not
-    be stored.
+    Nothing connects to the database unless ``enabled=True`` or ``ENABLE_DB_TRACING`` is
+    true; while off, spans are accepted and dropped. Every other argument falls back to its
+    environment variable (see ``environment_variables``), then to its default. Construction
+    never touches the network and never raises on a bad environment value; ``export`` never
+    raises and returns FAILURE when the batch could not be stored.
     """
 
     def __init__(
         self,
         dsn: str | None = None,
         *,
+        enabled: bool | None = None,
         table: str | None = None,
         schema: str | None = None,
         timeout: float | None = None,
@@ -90,8 +105,10 @@ class PostgresSpanExporter(SpanExporter):
         max_span_chars: int | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
+        env = os.environ if environ is None else environ
+        self.enabled = resolve_enabled(enabled, env)
         self.settings = ExporterSettings.resolve(
-            environ,
+            env,
             dsn=dsn,
             schema=schema,
             table=table,
@@ -117,6 +134,8 @@ class PostgresSpanExporter(SpanExporter):
         self._stats = ExporterStats()
         self._stats_lock = threading.Lock()
         self._shutdown = False
+        if not self.enabled:
+            _say_tracing_is_off()
 
     def __repr__(self) -> str:
         return f"PostgresSpanExporter({self.settings!r})"
@@ -130,7 +149,7 @@ class PostgresSpanExporter(SpanExporter):
         """Store ``spans``; SUCCESS when every span is in the table (or was already)."""
         if self._shutdown:
             return SpanExportResult.FAILURE
-        if not spans:
+        if not spans or not self.enabled:
             return SpanExportResult.SUCCESS
         deadline = time.monotonic() + self.settings.timeout_s
         with untraced():

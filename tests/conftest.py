@@ -18,6 +18,21 @@ from otel_pg_exporter.devdb import DevCluster, ExternalServer, PgServer
 logger = logging.getLogger("otel_pg_exporter")
 
 
+@pytest.fixture(autouse=True)
+def db_tracing_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Turn the ENABLE_DB_TRACING master switch on; tests of the switch delete it again."""
+    monkeypatch.setenv("ENABLE_DB_TRACING", "true")
+
+
+@pytest.fixture(autouse=True)
+def forget_configure() -> Iterator[None]:
+    """Leave no configure() handle or log correlation behind for the next test."""
+    yield
+    from otel_pg_exporter._configure import reset_for_tests
+
+    reset_for_tests()
+
+
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PgServer]:
     """The session's PostgreSQL: ``TEST_DATABASE_URL`` if set, else a throwaway cluster."""

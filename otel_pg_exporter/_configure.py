@@ -1,0 +1,320 @@
+"""The only global state: ``configure()`` and the ``Handle`` it returns."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import Sampler
+
+from otel_pg_exporter import environment_variables as ev
+from otel_pg_exporter import logcorrelation
+from otel_pg_exporter.config import explicit_value, resolve_enabled, resolve_flag
+from otel_pg_exporter.exporter import PostgresSpanExporter
+
+logger = logging.getLogger("otel_pg_exporter")
+
+_lock = threading.RLock()
+_handle: Handle | None = None
+
+
+class Handle:
+    """What ``configure()`` set up: flush it, shut it down, read its counters."""
+
+    def __init__(
+        self,
+        *,
+        enabled: bool,
+        exporter: PostgresSpanExporter | None = None,
+        processor: SpanProcessor | None = None,
+        provider: TracerProvider | None = None,
+        owns_provider: bool = False,
+        owns_processor: bool = False,
+        log_correlation: bool = False,
+    ) -> None:
+        self.enabled = enabled
+        self.exporter = exporter
+        self.processor = processor
+        self.provider = provider
+        self._owns_provider = owns_provider
+        self._owns_processor = owns_processor
+        self._log_correlation = log_correlation
+        self._shutdown = False
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Handle(enabled={self.enabled}, exporter={self.exporter!r})"
+
+    def force_flush(self, timeout: float = 30.0) -> bool:
+        """Export every finished span now; True when all were handed to the exporter."""
+        if self.processor is None or self._shutdown:
+            return True
+        return bool(self.processor.force_flush(int(timeout * 1000)))
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Flush, stop the export thread and close the pool; idempotent."""
+        with self._lock:
+            if self._shutdown:
+                return
+            self._shutdown = True
+        if self.processor is not None:
+            if self._owns_provider and self.provider is not None:
+                self.provider.shutdown()
+            elif self._owns_processor:
+                self.processor.shutdown()
+        if self._log_correlation:
+            logcorrelation.uninstall()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of the exporter, plus whether tracing to the database is on."""
+        counters: dict[str, Any] = {"enabled": self.enabled}
+        if self.exporter is not None:
+            counters.update(self.exporter.stats())
+        return counters
+
+
+def configure(
+    *,
+    enabled: bool | None = None,
+    dsn: str | None = None,
+    schema: str | None = None,
+    table: str | None = None,
+    timeout: float | None = None,
+    pool_max: int | None = None,
+    execution_id_attribute: str | None = None,
+    max_value_chars: int | None = None,
+    max_span_chars: int | None = None,
+    service_name: str | None = None,
+    resource_attributes: Mapping[str, Any] | None = None,
+    sampler: Sampler | None = None,
+    schedule_delay_millis: int | None = None,
+    max_queue_size: int | None = None,
+    max_export_batch_size: int | None = None,
+    log_correlation: bool | None = None,
+) -> Handle:
+    """Send every span of this process to PostgreSQL; returns the (single) ``Handle``.
+
+    Each option falls back to its environment variable, then to its default. Nothing touches
+    the database unless ``enabled=True`` or ``ENABLE_DB_TRACING`` is true. An SDK
+    ``TracerProvider`` already installed is joined, never replaced; a second call warns and
+    returns the first handle.
+    """
+    global _handle  # noqa: PLW0603
+    with _lock:
+        if _handle is not None:
+            logger.warning("configure() was already called; returning the first handle")
+            return _handle
+        environ = os.environ
+        is_enabled = resolve_enabled(enabled, environ)
+        correlate = resolve_flag(
+            "log_correlation",
+            log_correlation,
+            ev.OTEL_EXPORTER_POSTGRES_LOG_CORRELATION,
+            environ,
+            True,
+        )
+        batch_options = _BatchOptions(
+            schedule_delay_millis=_optional_positive(
+                "schedule_delay_millis", schedule_delay_millis
+            ),
+            max_queue_size=_optional_positive("max_queue_size", max_queue_size),
+            max_export_batch_size=_optional_positive(
+                "max_export_batch_size", max_export_batch_size
+            ),
+        )
+        if service_name is not None:
+            explicit_value("service_name", service_name, _non_empty, str)
+        if sampler is not None and not isinstance(sampler, Sampler):
+            raise ValueError(f"sampler must be a Sampler, got {type(sampler).__name__}")
+        # Validates every exporter option (ValueError naming it) before anything is set up.
+        exporter = PostgresSpanExporter(
+            dsn,
+            enabled=is_enabled,
+            table=table,
+            schema=schema,
+            timeout=timeout,
+            pool_max=pool_max,
+            execution_id_attribute=execution_id_attribute,
+            max_value_chars=max_value_chars,
+            max_span_chars=max_span_chars,
+        )
+        if not is_enabled:
+            # Log correlation touches no database and keeps %(trace_id)s format strings
+            # valid, so it stays on with the switch off.
+            _handle = Handle(enabled=False, log_correlation=correlate)
+            if correlate:
+                logcorrelation.install()
+            return _handle
+
+        current = trace.get_tracer_provider()
+        if isinstance(current, TracerProvider):
+            existing = find_postgres_processor(current)
+            if existing is not None:  # e.g. set up by opentelemetry-instrument
+                exporter.shutdown()
+                _handle = _adopt(current, *existing, log_correlation=correlate)
+                return _handle
+            processor = batch_options.processor(exporter)
+            current.add_span_processor(processor)
+            handle = Handle(
+                enabled=True,
+                exporter=exporter,
+                processor=processor,
+                provider=current,
+                owns_processor=True,
+                log_correlation=correlate,
+            )
+        else:
+            attributes = dict(resource_attributes or {})
+            if service_name is not None:
+                attributes[SERVICE_NAME] = service_name
+            provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler)
+            processor = batch_options.processor(exporter)
+            provider.add_span_processor(processor)
+            trace.set_tracer_provider(provider)
+            if trace.get_tracer_provider() is not provider:
+                logger.warning(
+                    "A tracer provider that is not the OpenTelemetry SDK's is installed; "
+                    "spans of the global tracer will not reach PostgreSQL. Use "
+                    "handle.provider.get_tracer(...) or install the SDK's TracerProvider."
+                )
+            handle = Handle(
+                enabled=True,
+                exporter=exporter,
+                processor=processor,
+                provider=provider,
+                owns_provider=True,
+                log_correlation=correlate,
+            )
+        _activate(handle)
+        _handle = handle
+        return handle
+
+
+def adopt_instrument_pipeline() -> Handle | None:
+    """Under ``opentelemetry-instrument``: take over the SDK pipeline holding our exporter.
+
+    Adds log correlation (and the Sentry bridge) exactly as ``configure()`` would; a later
+    ``configure()`` call returns this handle instead of exporting twice.
+    """
+    global _handle  # noqa: PLW0603
+    with _lock:
+        if _handle is not None:
+            return _handle
+        provider = trace.get_tracer_provider()
+        if not isinstance(provider, TracerProvider):
+            return None
+        existing = find_postgres_processor(provider)
+        if existing is None:
+            return None
+        correlate = resolve_flag(
+            "log_correlation",
+            None,
+            ev.OTEL_EXPORTER_POSTGRES_LOG_CORRELATION,
+            os.environ,
+            True,
+        )
+        _handle = _adopt(provider, *existing, log_correlation=correlate)
+        return _handle
+
+
+def _adopt(
+    provider: TracerProvider,
+    processor: SpanProcessor,
+    exporter: PostgresSpanExporter,
+    *,
+    log_correlation: bool,
+) -> Handle:
+    handle = Handle(
+        enabled=exporter.enabled,
+        exporter=exporter,
+        processor=processor,
+        provider=provider,
+        log_correlation=log_correlation,
+    )
+    _activate(handle)
+    return handle
+
+
+def _activate(handle: Handle) -> None:
+    if handle._log_correlation:
+        logcorrelation.install()
+    atexit.register(handle.shutdown)
+    _flush_forked_children_at_exit(handle)
+
+
+def find_postgres_processor(
+    provider: TracerProvider,
+) -> tuple[SpanProcessor, PostgresSpanExporter] | None:
+    """The span processor of ``provider`` that feeds a PostgresSpanExporter, if any."""
+    multi = getattr(provider, "_active_span_processor", None)
+    for processor in getattr(multi, "_span_processors", ()):
+        exporter = getattr(processor, "span_exporter", None)
+        if isinstance(exporter, PostgresSpanExporter):
+            return processor, exporter
+    return None
+
+
+def _flush_forked_children_at_exit(handle: Handle) -> None:
+    # multiprocessing children end with os._exit, which skips atexit: flush through
+    # multiprocessing's own exit hook instead, in every forked child.
+    def register_in_child() -> None:
+        if "multiprocessing" in sys.modules:
+            from multiprocessing import util
+
+            util.Finalize(None, handle.force_flush, exitpriority=0)
+
+    os.register_at_fork(after_in_child=register_in_child)
+
+
+@dataclass(frozen=True)
+class _BatchOptions:
+    """Explicit BatchSpanProcessor options; None lets the SDK read OTEL_BSP_* itself."""
+
+    schedule_delay_millis: int | None
+    max_queue_size: int | None
+    max_export_batch_size: int | None
+
+    def processor(self, exporter: PostgresSpanExporter) -> BatchSpanProcessor:
+        return BatchSpanProcessor(
+            exporter,
+            max_queue_size=self.max_queue_size,
+            schedule_delay_millis=self.schedule_delay_millis,
+            max_export_batch_size=self.max_export_batch_size,
+        )
+
+
+def _optional_positive(name: str, value: int | None) -> int | None:
+    return None if value is None else explicit_value(name, value, _positive_int, int)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _non_empty(text: str) -> str:
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+def reset_for_tests() -> None:
+    """Shut down and forget the global handle (test fixture helper)."""
+    global _handle  # noqa: PLW0603
+    with _lock:
+        if _handle is not None:
+            _handle.shutdown(timeout=5.0)
+        _handle = None
+        logcorrelation.uninstall()
