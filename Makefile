@@ -12,7 +12,7 @@ VENV_STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := test
-.PHONY: test venv lint typecheck format clean
+.PHONY: test demo venv lint typecheck format clean
 
 venv: $(VENV_STAMP)
 
@@ -36,6 +36,11 @@ format: $(VENV_STAMP)
 
 test: lint typecheck
 	$(VENV_BIN)/pytest
+
+# A throwaway PostgreSQL (or DATABASE_URL), two instrumented services, real requests, and
+# what landed in trace_spans.
+demo: $(VENV_STAMP)
+	$(VENV_BIN)/python examples/demo.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist
