@@ -96,6 +96,21 @@ def exception_of(span: dict[str, Any]) -> str:
     return ""
 
 
+def print_tree(
+    span: dict[str, Any], children: dict[str | None, list[dict[str, Any]]], depth: int
+) -> None:
+    label = f"{'  ' * depth}{span['operation']}"
+    extra = f"execution_id={span['execution_id']}" if span["execution_id"] else ""
+    if span["status"] == "error":
+        extra += f"  error: {span['status_message'] or exception_of(span)}"
+    print(
+        f"  {label:<40} {span['service']:<7} {span['kind']:<8}"
+        f" {span['duration_ms']:9.2f} ms  {span['status']:<5} {extra}"
+    )
+    for child in children.get(span["span_id"], []):
+        print_tree(child, children, depth + 1)
+
+
 def print_traces(dsn: str) -> None:
     with psycopg.connect(dsn, row_factory=dict_row) as conn:
         rows = conn.execute(
@@ -116,20 +131,8 @@ def print_traces(dsn: str) -> None:
             parent = span["parent_span_id"] if span["parent_span_id"] in ids else None
             children[parent].append(span)
 
-        def show(span: dict[str, Any], depth: int) -> None:
-            label = f"{'  ' * depth}{span['operation']}"
-            extra = f"execution_id={span['execution_id']}" if span["execution_id"] else ""
-            if span["status"] == "error":
-                extra += f"  error: {span['status_message'] or exception_of(span)}"
-            print(
-                f"  {label:<40} {span['service']:<7} {span['kind']:<8}"
-                f" {span['duration_ms']:9.2f} ms  {span['status']:<5} {extra}"
-            )
-            for child in children.get(span["span_id"], []):
-                show(child, depth + 1)
-
         for root in children[None]:
-            show(root, 0)
+            print_tree(root, children, 0)
         print()
     print("Query them yourself, for example:")
     print("  SELECT operation, duration_ms, status FROM trace_spans WHERE execution_id = 202;")
