@@ -148,9 +148,7 @@ def _connection_class(health: _Health) -> type[psycopg.Connection[Any]]:
 
     class _ExporterConnection(psycopg.Connection[Any]):
         @classmethod
-        def connect(
-            cls, conninfo: str = "", **kwargs: Any
-        ) -> _ExporterConnection:
+        def connect(cls, conninfo: str = "", **kwargs: Any) -> _ExporterConnection:
             with untraced():
                 try:
                     conn = super().connect(conninfo, **kwargs)
