@@ -32,6 +32,8 @@ REPLACEMENT_CHAR = "\ufffd"
 UNKNOWN_SERVICE = "unknown_service"
 _BIGINT_MIN = -(2**63)
 _BIGINT_MAX = 2**63 - 1
+# Below Python's 4300-digit limit for int-to-decimal conversion (sys.int_info).
+_JSON_INT_MAX_BITS = 14_000
 _NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 
 _KIND_NAMES = {kind: kind.name.lower() for kind in SpanKind}
@@ -124,10 +126,24 @@ class _Cleaner:
         self.budget -= len(value)
         return value
 
+    def key(self, key: object) -> str:
+        # Keys are cut at the value cap but never spend the span budget: a key is what
+        # makes a truncated value findable.
+        text = clean_text(key if isinstance(key, str) else repr(key))
+        if len(text) > self.max_value_chars:
+            cut = len(text) - self.max_value_chars
+            text = text[: self.max_value_chars] + truncation_marker(cut)
+        return text
+
     def value(self, value: object) -> Any:
         if isinstance(value, str):
             return self.text(value)
-        if isinstance(value, bool | int):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int):
+            if value.bit_length() > _JSON_INT_MAX_BITS:
+                # Python refuses to print integers this long in decimal; hex keeps them.
+                return self.text(hex(value))
             return value
         if isinstance(value, float):
             if math.isnan(value):
@@ -146,7 +162,7 @@ class _Cleaner:
     def mapping(self, attributes: Mapping[Any, Any]) -> dict[str, Any]:
         cleaned: dict[str, Any] = {}
         for key, value in attributes.items():
-            name = self.text(key if isinstance(key, str) else repr(key))
+            name = self.key(key)
             while name in cleaned:  # two keys that sanitise to one must both survive
                 name += "'"
             cleaned[name] = self.value(value)
