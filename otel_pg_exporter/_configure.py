@@ -12,6 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.sdk.environment_variables import (
+    OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
+    OTEL_BSP_MAX_QUEUE_SIZE,
+    OTEL_BSP_SCHEDULE_DELAY,
+)
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -19,7 +24,7 @@ from opentelemetry.sdk.trace.sampling import Sampler
 
 from otel_pg_exporter import environment_variables as ev
 from otel_pg_exporter import logcorrelation
-from otel_pg_exporter.config import explicit_value, resolve_enabled, resolve_flag
+from otel_pg_exporter.config import env_value, explicit_value, resolve_enabled, resolve_flag
 from otel_pg_exporter.exporter import PostgresSpanExporter
 
 logger = logging.getLogger("otel_pg_exporter")
@@ -123,17 +128,19 @@ def configure(
             environ,
             True,
         )
-        batch_options = _BatchOptions(
-            schedule_delay_millis=_optional_positive(
-                "schedule_delay_millis", schedule_delay_millis
-            ),
-            max_queue_size=_optional_positive("max_queue_size", max_queue_size),
-            max_export_batch_size=_optional_positive(
-                "max_export_batch_size", max_export_batch_size
-            ),
+        batch_options = _BatchOptions.resolve(
+            environ,
+            schedule_delay_millis=schedule_delay_millis,
+            max_queue_size=max_queue_size,
+            max_export_batch_size=max_export_batch_size,
         )
         if service_name is not None:
             explicit_value("service_name", service_name, _non_empty, str)
+        if resource_attributes is not None and not (
+            isinstance(resource_attributes, Mapping)
+            and all(isinstance(key, str) and key for key in resource_attributes)
+        ):
+            raise ValueError("resource_attributes must be a mapping with non-empty str keys")
         if sampler is not None and not isinstance(sampler, Sampler):
             raise ValueError(f"sampler must be a Sampler, got {type(sampler).__name__}")
         # Validates every exporter option (ValueError naming it) before anything is set up.
@@ -278,11 +285,36 @@ def _flush_forked_children_at_exit(handle: Handle) -> None:
 
 @dataclass(frozen=True)
 class _BatchOptions:
-    """Explicit BatchSpanProcessor options; None lets the SDK read OTEL_BSP_* itself."""
+    """BatchSpanProcessor options, resolved here so a bad OTEL_BSP_* value never raises."""
 
-    schedule_delay_millis: int | None
-    max_queue_size: int | None
-    max_export_batch_size: int | None
+    schedule_delay_millis: int
+    max_queue_size: int
+    max_export_batch_size: int
+
+    @classmethod
+    def resolve(
+        cls,
+        environ: Mapping[str, str],
+        *,
+        schedule_delay_millis: int | None,
+        max_queue_size: int | None,
+        max_export_batch_size: int | None,
+    ) -> _BatchOptions:
+        def pick(name: str, value: int | None, variable: str, default: int) -> int:
+            if value is not None:
+                return explicit_value(name, value, _positive_int, int)
+            return env_value(environ, (variable,), _positive_int, default)
+
+        delay = pick("schedule_delay_millis", schedule_delay_millis, OTEL_BSP_SCHEDULE_DELAY, 5000)
+        queue = pick("max_queue_size", max_queue_size, OTEL_BSP_MAX_QUEUE_SIZE, 2048)
+        batch = pick(
+            "max_export_batch_size", max_export_batch_size, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, 512
+        )
+        if batch > queue:
+            if max_export_batch_size is not None and max_queue_size is not None:
+                raise ValueError("max_export_batch_size must not exceed max_queue_size")
+            batch = queue  # one of them came from a default or the environment: fit it
+        return cls(delay, queue, batch)
 
     def processor(self, exporter: PostgresSpanExporter) -> BatchSpanProcessor:
         return BatchSpanProcessor(
@@ -291,10 +323,6 @@ class _BatchOptions:
             schedule_delay_millis=self.schedule_delay_millis,
             max_export_batch_size=self.max_export_batch_size,
         )
-
-
-def _optional_positive(name: str, value: int | None) -> int | None:
-    return None if value is None else explicit_value(name, value, _positive_int, int)
 
 
 def _positive_int(text: str) -> int:

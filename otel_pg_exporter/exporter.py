@@ -12,10 +12,11 @@ from dataclasses import dataclass, fields
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from otel_pg_exporter._untraced import untraced
 from otel_pg_exporter.config import ExporterSettings, resolve_enabled
 from otel_pg_exporter.mapping import SpanMapper
 from otel_pg_exporter.rows import Row
-from otel_pg_exporter.writer import SpanWriter, WriteError, describe, untraced
+from otel_pg_exporter.writer import SpanWriter, WriteError, describe
 
 logger = logging.getLogger("otel_pg_exporter")
 
@@ -28,6 +29,7 @@ _ADVICE = {
     "OTEL_EXPORTER_POSTGRES_TIMEOUT sets the seconds one export may take",
     "SchemaProblem": "run `otel-pg migrate` against this database, "
     "or check OTEL_EXPORTER_POSTGRES_SCHEMA / _TABLE and the user's privileges",
+    "ConfigurationProblem": "fix OTEL_EXPORTER_POSTGRES_DSN (or DATABASE_URL)",
     "RowRejected": "the rest of the batch was stored; please report the cause",
 }
 

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psycopg
-from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 
-from otel_pg_exporter.config import DEFAULT_TABLE, redact_dsn
+from otel_pg_exporter._untraced import untraced
+from otel_pg_exporter.config import DEFAULT_TABLE, conninfo_problem, redact_dsn
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -198,16 +198,6 @@ def _target(schema: str | None, table: str) -> _Target:
     return _Target(schema, _check_identifier("table", table))
 
 
-@contextmanager
-def _untraced() -> Iterator[None]:
-    """Our own database work never becomes spans (as the SDK's BatchSpanProcessor does it)."""
-    token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
-    try:
-        yield
-    finally:
-        detach(token)
-
-
 def _scrub(text: str, dsn: str) -> str:
     text = redact_dsn(text)
     try:
@@ -229,13 +219,8 @@ def _connection(dsn: str) -> Iterator[psycopg.Connection[TupleRow]]:
     try:
         conninfo_to_dict(dsn)
     except psycopg.Error as exc:
-        # libpq quotes the offending part of a malformed string, which may be the password.
-        if redact_dsn(dsn) == dsn:
-            detail = _scrub(str(exc).strip(), dsn)
-        else:
-            detail = "libpq's detail is withheld because it may quote the password"
-        raise MigrationError(f"invalid connection string {_shown_dsn(dsn)}: {detail}") from None
-    with _untraced():
+        raise MigrationError(conninfo_problem(dsn, exc)) from None
+    with untraced():
         try:
             conn = psycopg.connect(
                 dsn,

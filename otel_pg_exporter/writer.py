@@ -14,18 +14,17 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
 from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from otel_pg_exporter.config import redact_dsn
+from otel_pg_exporter._untraced import untraced
+from otel_pg_exporter.config import conninfo_problem, redact_dsn
 from otel_pg_exporter.rows import STAGE_COLUMNS, Row
 
 logger = logging.getLogger("otel_pg_exporter")
@@ -65,6 +64,12 @@ class SchemaProblem(WriteError):
     transient = False
 
 
+class ConfigurationProblem(WriteError):
+    """The connection string cannot be used; retrying will not help."""
+
+    transient = False
+
+
 class RowRejected(WriteError):
     """The database refused the content of at least one row of the batch."""
 
@@ -83,16 +88,6 @@ class WriteOutcome:
         self.inserted += other.inserted
         self.duplicates += other.duplicates
         self.rejected.extend(other.rejected)
-
-
-@contextmanager
-def untraced() -> Iterator[None]:
-    """Keep instrumentations (psycopg's included) from tracing the exporter's own work."""
-    token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
-    try:
-        yield
-    finally:
-        detach(token)
 
 
 def describe(exc: BaseException) -> str:
@@ -331,7 +326,7 @@ class SpanWriter:
             try:
                 given = conninfo_to_dict(self._dsn)
             except psycopg.Error as exc:
-                raise SchemaProblem(f"invalid connection string: {describe(exc)}") from exc
+                raise ConfigurationProblem(conninfo_problem(self._dsn, exc)) from None
             kwargs: dict[str, Any] = {"autocommit": False}
             if "connect_timeout" not in given:
                 kwargs["connect_timeout"] = max(2, round(self._timeout_s))
