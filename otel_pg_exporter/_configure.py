@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -272,15 +271,18 @@ def find_postgres_processor(
 
 
 def _flush_forked_children_at_exit(handle: Handle) -> None:
-    # multiprocessing children end with os._exit, which skips atexit: flush through
-    # multiprocessing's own exit hook instead, in every forked child.
-    def register_in_child() -> None:
-        if "multiprocessing" in sys.modules:
-            from multiprocessing import util
+    # multiprocessing children end with os._exit, which skips atexit, and they clear the
+    # finalizers inherited from the parent: register the flush from multiprocessing's own
+    # after-fork hook, so it runs at the child's exit.
+    from multiprocessing import util
 
-            util.Finalize(None, handle.force_flush, exitpriority=0)
+    util.register_after_fork(handle, _flush_at_child_exit)
 
-    os.register_at_fork(after_in_child=register_in_child)
+
+def _flush_at_child_exit(handle: Handle) -> None:
+    from multiprocessing import util
+
+    util.Finalize(handle, handle.force_flush, exitpriority=0)
 
 
 @dataclass(frozen=True)
