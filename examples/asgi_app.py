@@ -86,6 +86,18 @@ async def chain(request: Request) -> JSONResponse:
         return JSONResponse({"downstream": response.json(), **current_ids()})
 
 
+async def on_error(request: Request, exc: Exception) -> JSONResponse:
+    """The 500 response; the server span gets the exception event and message too.
+
+    Starlette answers before re-raising, and the ASGI middleware ends the server span with
+    the response, so the exception must be recorded here, while the span is still open.
+    """
+    span = trace.get_current_span()
+    span.record_exception(exc)
+    span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+    return JSONResponse({"error": type(exc).__name__, **current_ids()}, status_code=500)
+
+
 async def health(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True})
 
@@ -101,7 +113,8 @@ starlette_app = Starlette(
         Route("/fail", fail),
         Route("/chain/{execution_id:int}", chain),
         Route("/health", health),
-    ]
+    ],
+    exception_handlers={Exception: on_error},
 )
 app = OpenTelemetryMiddleware(
     starlette_app, default_span_details=span_details, excluded_urls="health"

@@ -55,6 +55,9 @@ class Handle:
         self._log_correlation = log_correlation
         self._shutdown = False
         self._lock = threading.Lock()
+        # False when adopted from opentelemetry-instrument: a first configure() call then
+        # returns this handle without a warning.
+        self.from_configure = True
 
     def __repr__(self) -> str:
         return f"Handle(enabled={self.enabled}, exporter={self.exporter!r})"
@@ -116,7 +119,8 @@ def configure(
     global _handle  # noqa: PLW0603
     with _lock:
         if _handle is not None:
-            logger.warning("configure() was already called; returning the first handle")
+            if _handle.from_configure:
+                logger.warning("configure() was already called; returning the first handle")
             return _handle
         environ = os.environ
         is_enabled = resolve_enabled(enabled, environ)
@@ -247,6 +251,7 @@ def _adopt(
         provider=provider,
         log_correlation=log_correlation,
     )
+    handle.from_configure = False
     _activate(handle)
     return handle
 
