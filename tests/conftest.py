@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from otel_pg_exporter.devdb import DevCluster, ExternalServer, PgServer
@@ -82,3 +83,23 @@ def migrated_dsn(fresh_dsn: str) -> str:
 
     migrate(fresh_dsn)
     return fresh_dsn
+
+
+@pytest.fixture(scope="module")
+def module_database(pg_cluster: PgServer) -> Iterator[str]:
+    """One migrated database per module, for tests that only need an empty table."""
+    from otel_pg_exporter.migrations import migrate
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    dsn = pg_cluster.create_database(name)
+    migrate(dsn)
+    yield dsn
+    pg_cluster.drop_database(name)
+
+
+@pytest.fixture
+def dsn(module_database: str) -> str:
+    """The module's database with an empty spans table."""
+    with psycopg.connect(module_database) as conn:
+        conn.execute("TRUNCATE trace_spans")
+    return module_database

@@ -1,7 +1,6 @@
 """The otel-pg command line against a real PostgreSQL: exit codes, output, no password leaks."""
 
 # Asserts read `expected == actual` (STYLE.md), which SIM300 would flip.
-# ruff: noqa: SIM300
 
 from __future__ import annotations
 

@@ -5,27 +5,23 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg.rows import dict_row
+from support import clean_environ, query
 
 import otel_pg_exporter
 from otel_pg_exporter import environment_variables as ev
 from otel_pg_exporter.devdb import PgServer
-from otel_pg_exporter.migrations import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "Zebra-Secret-77"
@@ -53,14 +49,6 @@ def postgres_processors(provider):
 """
 
 
-def clean_environ(**overrides: str) -> dict[str, str]:
-    """The test process's environment without any tracing settings, plus ``overrides``."""
-    prefixes = ("OTEL_", "ENABLE_DB_TRACING", "DATABASE_URL", "SENTRY_")
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-    environ.update(overrides)
-    return environ
-
-
 def run_script(body: str, **env: str) -> tuple[Any, str]:
     """Run PRELUDE + ``body`` in a fresh interpreter; its last stdout line as JSON, and stderr."""
     script = PRELUDE + textwrap.dedent(body)
@@ -77,12 +65,6 @@ def run_script(body: str, **env: str) -> tuple[Any, str]:
     lines = completed.stdout.strip().splitlines()
     assert lines, f"no output; stderr:\n{completed.stderr}"
     return json.loads(lines[-1]), completed.stderr + completed.stdout
-
-
-def query(dsn: str, statement: str) -> list[dict[str, Any]]:
-    """Rows of ``statement`` as dicts."""
-    with psycopg.connect(dsn, row_factory=dict_row) as conn:
-        return conn.execute(statement).fetchall()
 
 
 def count_rows(dsn: str) -> int:
@@ -164,24 +146,6 @@ def configure_outcome(arguments: str, **env: str) -> str:
         **env,
     )
     return str(result)
-
-
-@pytest.fixture(scope="module")
-def module_database(pg_cluster: PgServer) -> Iterator[str]:
-    """One migrated database for this module: creating one per test costs most of the time."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    dsn = pg_cluster.create_database(name)
-    migrate(dsn)
-    yield dsn
-    pg_cluster.drop_database(name)
-
-
-@pytest.fixture
-def dsn(module_database: str) -> str:
-    """The module's database with an empty spans table."""
-    with psycopg.connect(module_database) as conn:
-        conn.execute("TRUNCATE trace_spans")
-    return module_database
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """The throwaway PostgreSQL that every other test stands on, tested against real servers."""
 
 # Asserts read `expected == actual` (STYLE.md), which SIM300 would flip.
-# ruff: noqa: SIM300
 
 from __future__ import annotations
 

@@ -7,7 +7,6 @@ Service ``jobs`` calls ``configure()`` (EXAMPLE_CONFIGURE=1); service ``router``
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -20,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
-from psycopg.rows import dict_row
+from support import clean_environ, query
 
 from otel_pg_exporter.devdb import PgServer
 from otel_pg_exporter.migrations import migrate
@@ -31,20 +29,6 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.slow
-
-
-def clean_environ(**overrides: str) -> dict[str, str]:
-    """The test process's environment without any tracing settings, plus ``overrides``."""
-    prefixes = ("OTEL_", "ENABLE_DB_TRACING", "DATABASE_URL", "SENTRY_", "EXAMPLE_", "DOWNSTREAM_")
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-    environ.update(overrides)
-    return environ
-
-
-def query(dsn: str, statement: str) -> list[dict[str, Any]]:
-    """Rows of ``statement`` as dicts."""
-    with psycopg.connect(dsn, row_factory=dict_row) as conn:
-        return conn.execute(statement).fetchall()
 
 
 def free_port() -> int:

@@ -7,16 +7,14 @@ and forking the test runner itself would copy pytest into the children.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg.rows import dict_row
+from support import clean_environ, query
 
 pytestmark = pytest.mark.slow
 
@@ -29,14 +27,6 @@ import otel_pg_exporter
 tracer = trace.get_tracer("tests.test_fork")
 handle = otel_pg_exporter.configure(dsn=os.environ["DSN"], service_name="forks")
 """
-
-
-def clean_environ(**overrides: str) -> dict[str, str]:
-    """The test process's environment without any tracing settings, plus ``overrides``."""
-    prefixes = ("OTEL_", "ENABLE_DB_TRACING", "DATABASE_URL", "SENTRY_")
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-    environ.update(overrides)
-    return environ
 
 
 def run_script(body: str, dsn: str) -> Any:
@@ -52,12 +42,6 @@ def run_script(body: str, dsn: str) -> Any:
     )
     assert 0 == completed.returncode, completed.stderr
     return json.loads(completed.stdout.strip().splitlines()[-1])
-
-
-def query(dsn: str, statement: str) -> list[dict[str, Any]]:
-    """Rows of ``statement`` as dicts."""
-    with psycopg.connect(dsn, row_factory=dict_row) as conn:
-        return conn.execute(statement).fetchall()
 
 
 def test_multiprocessing_children_spans_are_stored(migrated_dsn: str) -> None:

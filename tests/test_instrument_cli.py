@@ -5,21 +5,15 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg.rows import dict_row
-
-from otel_pg_exporter.devdb import PgServer
-from otel_pg_exporter.migrations import migrate
+from support import clean_environ, query
 
 pytestmark = pytest.mark.slow
 
@@ -42,14 +36,6 @@ ids["trace_id"] = format(outer.get_span_context().trace_id, "032x")
 ids["imported"] = "otel_pg_exporter" in sys.modules
 print(json.dumps(ids))
 """
-
-
-def clean_environ(**overrides: str) -> dict[str, str]:
-    """The test process's environment without any tracing settings, plus ``overrides``."""
-    prefixes = ("OTEL_", "ENABLE_DB_TRACING", "DATABASE_URL", "SENTRY_")
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-    environ.update(overrides)
-    return environ
 
 
 def run_instrumented(
@@ -76,36 +62,12 @@ def run_instrumented(
     return json.loads(lines[-1]), output
 
 
-def query(dsn: str, statement: str) -> list[dict[str, Any]]:
-    """Rows of ``statement`` as dicts."""
-    with psycopg.connect(dsn, row_factory=dict_row) as conn:
-        return conn.execute(statement).fetchall()
-
-
 def spans_by_operation(dsn: str) -> dict[str, dict[str, Any]]:
     """Every stored span, keyed by its operation (the tests' names are unique)."""
     rows = query(dsn, "SELECT * FROM trace_spans")
     by_operation = {row["operation"]: row for row in rows}
     assert len(rows) == len(by_operation), [row["operation"] for row in rows]
     return by_operation
-
-
-@pytest.fixture(scope="module")
-def module_database(pg_cluster: PgServer) -> Iterator[str]:
-    """One migrated database for this module: creating one per test costs most of the time."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    dsn = pg_cluster.create_database(name)
-    migrate(dsn)
-    yield dsn
-    pg_cluster.drop_database(name)
-
-
-@pytest.fixture
-def dsn(module_database: str) -> str:
-    """The module's database with an empty spans table."""
-    with psycopg.connect(module_database) as conn:
-        conn.execute("TRUNCATE trace_spans")
-    return module_database
 
 
 def assert_nested(ids: dict[str, Any], dsn: str, service: str) -> None:

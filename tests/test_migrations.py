@@ -1,7 +1,6 @@
 """Migrations against a real PostgreSQL: the table contract, idempotence, concurrency, rollback."""
 
 # Asserts read `expected == actual` (STYLE.md), which SIM300 would flip.
-# ruff: noqa: SIM300
 
 from __future__ import annotations
 
