@@ -79,6 +79,10 @@ class UngatedScrubber(Scrubber):
         """Always take the slow path."""
         return True
 
+    def _folded_for_rules(self, text: str) -> str:
+        """Open every rule's gate."""
+        return "@ :// 0000000000000 pass pwd secret token key cookie jwt eyj bearer basic akia"
+
 
 UNGATED = UngatedScrubber()
 
@@ -769,9 +773,11 @@ def test_print_fast_path_cost(capsys: pytest.CaptureFixture[str]) -> None:
             or scrubber.values_might_contain_secret(document)
         )
     )
+    encoding = per_call_ns(lambda: encoded(TYPICAL_ATTRIBUTES))
     with capsys.disabled():
         print(
             f"\nscrubbing fast path on a {len(document)}-char attributes document: "
             f"might_contain_secret {full:.0f} ns; "
-            f"keys_need_scrubbing + values_might_contain_secret {split:.0f} ns"
+            f"keys_need_scrubbing + values_might_contain_secret {split:.0f} ns "
+            f"(for scale, json.dumps of it: {encoding:.0f} ns)"
         )
