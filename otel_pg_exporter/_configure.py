@@ -5,10 +5,11 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.environment_variables import (
@@ -25,6 +26,9 @@ from otel_pg_exporter import environment_variables as ev
 from otel_pg_exporter import logcorrelation
 from otel_pg_exporter.config import env_value, explicit_value, resolve_enabled, resolve_flag
 from otel_pg_exporter.exporter import PostgresSpanExporter
+
+if TYPE_CHECKING:
+    from otel_pg_exporter.sentry import SentryBridge
 
 logger = logging.getLogger("otel_pg_exporter")
 
@@ -58,13 +62,18 @@ class Handle:
         # False when adopted from opentelemetry-instrument: a first configure() call then
         # returns this handle without a warning.
         self.from_configure = True
+        self.sentry: SentryBridge | None = None
 
     def __repr__(self) -> str:
         return f"Handle(enabled={self.enabled}, exporter={self.exporter!r})"
 
     def force_flush(self, timeout: float = 30.0) -> bool:
         """Export every finished span now; True when all were handed to the exporter."""
-        if self.processor is None or self._shutdown:
+        if self._shutdown:
+            return True
+        if self.sentry is not None:
+            self.sentry.force_flush(timeout)
+        if self.processor is None:
             return True
         return bool(self.processor.force_flush(int(timeout * 1000)))
 
@@ -79,6 +88,8 @@ class Handle:
                 self.provider.shutdown()
             elif self._owns_processor:
                 self.processor.shutdown()
+        if self.sentry is not None:
+            self.sentry.shutdown()
         if self._log_correlation:
             logcorrelation.uninstall()
 
@@ -108,13 +119,24 @@ def configure(
     max_queue_size: int | None = None,
     max_export_batch_size: int | None = None,
     log_correlation: bool | None = None,
+    scrub: bool | None = None,
+    scrub_patterns: Sequence[str] | None = None,
+    scrub_allow: Sequence[str] | None = None,
+    sentry_dsn: str | None = None,
+    sentry_environment: str | None = None,
+    sentry_release: str | None = None,
+    sentry_traces_sample_rate: float | None = None,
+    sentry_ignore_errors: Sequence[str | type[BaseException]] | None = None,
+    sentry_ignore_messages: Sequence[str] | None = None,
+    sentry_before_send: Callable[..., Any] | None = None,
 ) -> Handle:
     """Send every span of this process to PostgreSQL; returns the (single) ``Handle``.
 
     Each option falls back to its environment variable, then to its default. Nothing touches
     the database unless ``enabled=True`` or ``ENABLE_DB_TRACING`` is true. An SDK
     ``TracerProvider`` already installed is joined, never replaced; a second call warns and
-    returns the first handle.
+    returns the first handle. With ``sentry_dsn`` (or ``SENTRY_DSN``) set, or sentry-sdk
+    already initialised, Sentry error events carry the ids of the span they happened in.
     """
     global _handle  # noqa: PLW0603
     with _lock:
@@ -157,57 +179,92 @@ def configure(
             execution_id_attribute=execution_id_attribute,
             max_value_chars=max_value_chars,
             max_span_chars=max_span_chars,
+            scrub=scrub,
+            scrub_patterns=scrub_patterns,
+            scrub_allow=scrub_allow,
         )
-        if not is_enabled:
-            # Log correlation touches no database and keeps %(trace_id)s format strings
-            # valid, so it stays on with the switch off.
-            _handle = Handle(enabled=False, log_correlation=correlate)
-            if correlate:
-                logcorrelation.install()
-            return _handle
-
-        current = trace.get_tracer_provider()
-        if isinstance(current, TracerProvider):
-            existing = find_postgres_processor(current)
-            if existing is not None:  # e.g. set up by opentelemetry-instrument
-                exporter.shutdown()
-                _handle = _adopt(current, *existing, log_correlation=correlate)
-                return _handle
-            processor = batch_options.processor(exporter)
-            current.add_span_processor(processor)
-            handle = Handle(
-                enabled=True,
-                exporter=exporter,
-                processor=processor,
-                provider=current,
-                owns_processor=True,
-                log_correlation=correlate,
-            )
-        else:
-            attributes = dict(resource_attributes or {})
-            if service_name is not None:
-                attributes[SERVICE_NAME] = service_name
-            provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler)
-            processor = batch_options.processor(exporter)
-            provider.add_span_processor(processor)
-            trace.set_tracer_provider(provider)
-            if trace.get_tracer_provider() is not provider:
-                logger.warning(
-                    "A tracer provider that is not the OpenTelemetry SDK's is installed; "
-                    "spans of the global tracer will not reach PostgreSQL. Use "
-                    "handle.provider.get_tracer(...) or install the SDK's TracerProvider."
-                )
-            handle = Handle(
-                enabled=True,
-                exporter=exporter,
-                processor=processor,
-                provider=provider,
-                owns_provider=True,
-                log_correlation=correlate,
-            )
-        _activate(handle)
+        sentry_options = SentryOptions.resolve(
+            environ,
+            dsn=sentry_dsn,
+            environment=sentry_environment,
+            release=sentry_release,
+            traces_sample_rate=sentry_traces_sample_rate,
+            ignore_errors=sentry_ignore_errors,
+            ignore_messages=sentry_ignore_messages,
+            before_send=sentry_before_send,
+        )
+        handle = _pipeline(
+            exporter,
+            batch_options,
+            log_correlation=correlate,
+            service_name=service_name,
+            resource_attributes=resource_attributes,
+            sampler=sampler,
+        )
+        handle.sentry = sentry_options.attach(handle.provider, exporter.scrubber)
         _handle = handle
         return handle
+
+
+def _pipeline(
+    exporter: PostgresSpanExporter,
+    batch_options: _BatchOptions,
+    *,
+    log_correlation: bool,
+    service_name: str | None,
+    resource_attributes: Mapping[str, Any] | None,
+    sampler: Sampler | None,
+) -> Handle:
+    """Join or install the tracer provider with a PostgreSQL processor; the handle for it."""
+    correlate = log_correlation
+    if not exporter.enabled:
+        # Log correlation touches no database and keeps %(trace_id)s format strings
+        # valid, so it stays on with the switch off.
+        handle = Handle(enabled=False, log_correlation=correlate)
+        if correlate:
+            logcorrelation.install()
+        return handle
+
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        existing = find_postgres_processor(current)
+        if existing is not None:  # e.g. set up by opentelemetry-instrument
+            exporter.shutdown()
+            return _adopt(current, *existing, log_correlation=correlate)
+        processor = batch_options.processor(exporter)
+        current.add_span_processor(processor)
+        handle = Handle(
+            enabled=True,
+            exporter=exporter,
+            processor=processor,
+            provider=current,
+            owns_processor=True,
+            log_correlation=correlate,
+        )
+    else:
+        attributes = dict(resource_attributes or {})
+        if service_name is not None:
+            attributes[SERVICE_NAME] = service_name
+        provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler)
+        processor = batch_options.processor(exporter)
+        provider.add_span_processor(processor)
+        trace.set_tracer_provider(provider)
+        if trace.get_tracer_provider() is not provider:
+            logger.warning(
+                "A tracer provider that is not the OpenTelemetry SDK's is installed; "
+                "spans of the global tracer will not reach PostgreSQL. Use "
+                "handle.provider.get_tracer(...) or install the SDK's TracerProvider."
+            )
+        handle = Handle(
+            enabled=True,
+            exporter=exporter,
+            processor=processor,
+            provider=provider,
+            owns_provider=True,
+            log_correlation=correlate,
+        )
+    _activate(handle)
+    return handle
 
 
 def adopt_instrument_pipeline() -> Handle | None:
@@ -233,8 +290,10 @@ def adopt_instrument_pipeline() -> Handle | None:
             os.environ,
             True,
         )
-        _handle = _adopt(provider, *existing, log_correlation=correlate)
-        return _handle
+        handle = _adopt(provider, *existing, log_correlation=correlate)
+        handle.sentry = SentryOptions.resolve(os.environ).attach(provider, existing[1].scrubber)
+        _handle = handle
+        return handle
 
 
 def _adopt(
@@ -330,6 +389,119 @@ class _BatchOptions:
             schedule_delay_millis=self.schedule_delay_millis,
             max_export_batch_size=self.max_export_batch_size,
         )
+
+
+def _sample_rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must be a number from 0 to 1")
+    return value
+
+
+@dataclass(frozen=True)
+class SentryOptions:
+    """The Sentry bridge's settings, resolved once; ``attach`` imports sentry-sdk lazily."""
+
+    dsn: str | None
+    environment: str | None
+    release: str | None
+    traces_sample_rate: float | None
+    ignore_errors: tuple[str | type[BaseException], ...]
+    ignore_messages: tuple[str, ...]
+    before_send: Callable[..., Any] | None
+    explicit: bool
+
+    @classmethod
+    def resolve(
+        cls,
+        environ: Mapping[str, str],
+        *,
+        dsn: str | None = None,
+        environment: str | None = None,
+        release: str | None = None,
+        traces_sample_rate: float | None = None,
+        ignore_errors: Sequence[str | type[BaseException]] | None = None,
+        ignore_messages: Sequence[str] | None = None,
+        before_send: Callable[..., Any] | None = None,
+    ) -> SentryOptions:
+        for name, value in (
+            ("sentry_dsn", dsn),
+            ("sentry_environment", environment),
+            ("sentry_release", release),
+        ):
+            if value is not None:
+                explicit_value(name, value, _non_empty, str)
+        if traces_sample_rate is not None:
+            rate: float | None = explicit_value(
+                "sentry_traces_sample_rate", traces_sample_rate, _sample_rate, float
+            )
+        else:
+            rate = env_value(environ, (ev.SENTRY_TRACES_SAMPLE_RATE,), _sample_rate, None)
+        if before_send is not None and not callable(before_send):
+            raise ValueError("sentry_before_send must be callable")
+        if ignore_errors is None:
+            errors: tuple[str | type[BaseException], ...] = tuple(
+                name.strip()
+                for name in environ.get(ev.SENTRY_IGNORE_ERRORS, "").split(",")
+                if name.strip()
+            )
+        elif isinstance(ignore_errors, str) or not all(
+            isinstance(item, str) or (isinstance(item, type) and issubclass(item, BaseException))
+            for item in ignore_errors
+        ):
+            raise ValueError("sentry_ignore_errors must be a sequence of names or exception types")
+        else:
+            errors = tuple(ignore_errors)
+        if ignore_messages is None:
+            messages = tuple(
+                text for text in environ.get(ev.SENTRY_IGNORE_MESSAGES, "").split(";;") if text
+            )
+        elif isinstance(ignore_messages, str) or not all(
+            isinstance(item, str) for item in ignore_messages
+        ):
+            raise ValueError("sentry_ignore_messages must be a sequence of regular expressions")
+        else:
+            messages = tuple(ignore_messages)
+        return cls(
+            dsn=dsn or environ.get(ev.SENTRY_DSN, "").strip() or None,
+            environment=environment or environ.get(ev.SENTRY_ENVIRONMENT, "").strip() or None,
+            release=release or environ.get(ev.SENTRY_RELEASE, "").strip() or None,
+            traces_sample_rate=rate,
+            ignore_errors=errors,
+            ignore_messages=messages,
+            before_send=before_send,
+            explicit=dsn is not None,
+        )
+
+    def attach(self, provider: TracerProvider | None, scrubber: Any) -> SentryBridge | None:
+        """Start the bridge when a DSN is set or sentry-sdk already runs; else None."""
+        already_running = "sentry_sdk" in sys.modules and _sentry_client_active()
+        if not self.dsn and not already_running:
+            return None
+        try:
+            from otel_pg_exporter import sentry
+        except ImportError as exc:
+            if self.explicit:
+                raise
+            logger.warning("SENTRY_DSN is set but the Sentry bridge is off: %s", exc)
+            return None
+        return sentry.attach(
+            provider,
+            dsn=self.dsn,
+            environment=self.environment,
+            release=self.release,
+            traces_sample_rate=self.traces_sample_rate,
+            ignore_errors=self.ignore_errors,
+            ignore_messages=self.ignore_messages,
+            before_send=self.before_send,
+            scrubber=scrubber,
+        )
+
+
+def _sentry_client_active() -> bool:
+    import sentry_sdk
+
+    return bool(sentry_sdk.get_client().is_active())
 
 
 def _positive_int(text: str) -> int:

@@ -10,11 +10,12 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from otel_pg_exporter import environment_variables as ev
+from otel_pg_exporter.scrubbing import Scrubber, parse_keys, parse_patterns
 
 logger = logging.getLogger("otel_pg_exporter")
 
@@ -283,3 +284,38 @@ def redact_dsn(dsn: str) -> str:
     for pattern in (_URL_PASSWORD, _KEYWORD_PASSWORD, _QUERY_PASSWORD):
         dsn = pattern.sub(r"\g<head>***", dsn)
     return dsn
+
+
+def resolve_scrubber(
+    scrub: bool | None,
+    patterns: Sequence[str] | None,
+    allow: Sequence[str] | None,
+    environ: Mapping[str, str],
+) -> Scrubber | None:
+    """The credential scrubber, on unless turned off; None when off."""
+    if not resolve_flag("scrub", scrub, ev.OTEL_EXPORTER_POSTGRES_SCRUB, environ, True):
+        return None
+    for name, value in (("scrub_patterns", patterns), ("scrub_allow", allow)):
+        if value is not None and (
+            isinstance(value, str) or not all(isinstance(item, str) for item in value)
+        ):
+            raise ValueError(f"{name} must be a sequence of str")
+    if patterns is not None:
+        try:
+            Scrubber(extra_patterns=patterns)
+        except ValueError as exc:
+            raise ValueError(f"scrub_patterns: {exc}") from None
+        chosen = tuple(patterns)
+    else:
+        raw = environ.get(ev.OTEL_EXPORTER_POSTGRES_SCRUB_PATTERNS, "")
+        chosen = ()
+        for pattern in parse_patterns(raw):
+            try:
+                Scrubber(extra_patterns=(pattern,))
+            except ValueError as exc:
+                report_once(ev.OTEL_EXPORTER_POSTGRES_SCRUB_PATTERNS, pattern, f"{exc}; skipped")
+            else:
+                chosen += (pattern,)
+    if allow is None:
+        allow = parse_keys(environ.get(ev.OTEL_EXPORTER_POSTGRES_SCRUB_ALLOW, ""))
+    return Scrubber(extra_patterns=chosen, allowed_keys=tuple(allow))

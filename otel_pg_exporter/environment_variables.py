@@ -97,3 +97,74 @@ OTEL_EXPORTER_POSTGRES_LOG_CORRELATION = "OTEL_EXPORTER_POSTGRES_LOG_CORRELATION
 Whether ``logging`` records get ``trace_id`` and ``span_id`` fields (``%(trace_id)s`` in
 format strings). Default: ``true``.
 """
+
+OTEL_EXPORTER_POSTGRES_SCRUB = "OTEL_EXPORTER_POSTGRES_SCRUB"
+"""
+.. envvar:: OTEL_EXPORTER_POSTGRES_SCRUB
+
+Whether attribute keys and values that look like credentials are replaced with a
+``[REDACTED:rule]`` marker before a row is written or an event reaches Sentry. Default: ``true``.
+"""
+
+OTEL_EXPORTER_POSTGRES_SCRUB_PATTERNS = "OTEL_EXPORTER_POSTGRES_SCRUB_PATTERNS"
+"""
+.. envvar:: OTEL_EXPORTER_POSTGRES_SCRUB_PATTERNS
+
+Extra regular expressions (case-insensitive) that mark a key or a value as secret,
+separated by ``;;``. Default: none.
+"""
+
+OTEL_EXPORTER_POSTGRES_SCRUB_ALLOW = "OTEL_EXPORTER_POSTGRES_SCRUB_ALLOW"
+"""
+.. envvar:: OTEL_EXPORTER_POSTGRES_SCRUB_ALLOW
+
+Comma-separated attribute keys never scrubbed (the application vouches for them).
+Default: none.
+"""
+
+SENTRY_DSN = "SENTRY_DSN"
+"""
+.. envvar:: SENTRY_DSN
+
+Turns the Sentry bridge on: error events share trace and span ids with ``trace_spans`` rows.
+Read by sentry-sdk itself too. Default: unset (bridge off).
+"""
+
+SENTRY_ENVIRONMENT = "SENTRY_ENVIRONMENT"
+"""
+.. envvar:: SENTRY_ENVIRONMENT
+
+Sentry environment, e.g. ``production``. Default: sentry-sdk's (``production``).
+"""
+
+SENTRY_RELEASE = "SENTRY_RELEASE"
+"""
+.. envvar:: SENTRY_RELEASE
+
+Sentry release. Default: what sentry-sdk detects.
+"""
+
+SENTRY_TRACES_SAMPLE_RATE = "SENTRY_TRACES_SAMPLE_RATE"
+"""
+.. envvar:: SENTRY_TRACES_SAMPLE_RATE
+
+Share of traces (0 to 1) whose spans are also sent to Sentry, decided per trace id so a trace
+is whole or absent; PostgreSQL always gets every span. Default: ``0.1`` when the Sentry
+environment is ``production``, else ``1.0``.
+"""
+
+SENTRY_IGNORE_ERRORS = "SENTRY_IGNORE_ERRORS"
+"""
+.. envvar:: SENTRY_IGNORE_ERRORS
+
+Comma-separated exception class names (short or dotted, base classes match) whose events
+never reach Sentry. Default: none.
+"""
+
+SENTRY_IGNORE_MESSAGES = "SENTRY_IGNORE_MESSAGES"
+"""
+.. envvar:: SENTRY_IGNORE_MESSAGES
+
+Regular expressions, separated by ``;;``, matched against error messages; matching events
+never reach Sentry. Default: none.
+"""

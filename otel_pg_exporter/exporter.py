@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from otel_pg_exporter._untraced import untraced
-from otel_pg_exporter.config import ExporterSettings, resolve_enabled
+from otel_pg_exporter.config import ExporterSettings, resolve_enabled, resolve_scrubber
 from otel_pg_exporter.mapping import SpanMapper
 from otel_pg_exporter.rows import Row
 from otel_pg_exporter.writer import SpanWriter, WriteError, describe
@@ -105,6 +105,9 @@ class PostgresSpanExporter(SpanExporter):
         execution_id_attribute: str | None = None,
         max_value_chars: int | None = None,
         max_span_chars: int | None = None,
+        scrub: bool | None = None,
+        scrub_patterns: Sequence[str] | None = None,
+        scrub_allow: Sequence[str] | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
@@ -120,7 +123,9 @@ class PostgresSpanExporter(SpanExporter):
             max_value_chars=max_value_chars,
             max_span_chars=max_span_chars,
         )
+        self.scrubber = resolve_scrubber(scrub, scrub_patterns, scrub_allow, env)
         self._mapper = SpanMapper(
+            scrubber=self.scrubber,
             execution_id_attribute=self.settings.execution_id_attribute,
             max_value_chars=self.settings.max_value_chars,
             max_span_chars=self.settings.max_span_chars,

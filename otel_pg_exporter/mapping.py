@@ -27,6 +27,7 @@ from otel_pg_exporter.config import (
     DEFAULT_MAX_VALUE_CHARS,
 )
 from otel_pg_exporter.rows import Row
+from otel_pg_exporter.scrubbing import Scrubber
 
 REPLACEMENT_CHAR = "\ufffd"
 UNKNOWN_SERVICE = "unknown_service"
@@ -213,6 +214,13 @@ def _links_doc(links: Sequence[Link]) -> list[dict[str, Any]]:
     return docs
 
 
+def _scrub_attributes(doc: dict[str, Any], scrubber: Scrubber) -> dict[str, Any]:
+    scrubbed = {**doc, "attributes": scrubber.scrub_mapping(doc["attributes"])}
+    if "name" in doc:  # an event's name is free text too
+        scrubbed["name"] = scrubber.scrub_text(doc["name"])
+    return scrubbed
+
+
 def _clamp_ns(time_ns: int) -> int:
     # The SDK only makes int64 nanoseconds; a hand-built span may not.
     return (
@@ -237,6 +245,7 @@ def execution_id_of(value: object) -> int | None:
 
 _SAMPLED = 1
 _ORIGIN_CACHE_SIZE = 256
+_NAME_CACHE_SIZE = 4096
 
 
 class _Origin(NamedTuple):
@@ -260,14 +269,17 @@ class SpanMapper:
         execution_id_attribute: str = DEFAULT_EXECUTION_ID_ATTRIBUTE,
         max_value_chars: int = DEFAULT_MAX_VALUE_CHARS,
         max_span_chars: int = DEFAULT_MAX_SPAN_CHARS,
+        scrubber: Scrubber | None = None,
     ) -> None:
         self.execution_id_attribute = execution_id_attribute
+        self.scrubber = scrubber
         self.max_value_chars = max_value_chars
         self.max_span_chars = max_span_chars
         # Spans of one provider share Resource and scope objects, and nearly all share trace
         # flags and parent remoteness: encode each combination once. Entries keep the objects
         # alive so that their id() cannot be reused while cached.
         self._origin_cache: dict[tuple[int, int, int, bool], _Origin] = {}
+        self._scrubbed_names: dict[str, str] = {}
 
     def _origin(
         self,
@@ -281,7 +293,10 @@ class SpanMapper:
         if cached is not None and cached.resource is resource and cached.scope is scope:
             return cached
         cleaner = _Cleaner(self.max_value_chars, self.max_span_chars)
-        resource_attributes = cleaner.mapping(resource.attributes)
+        raw_resource: Mapping[str, Any] = resource.attributes
+        if self.scrubber is not None:
+            raw_resource = self.scrubber.scrub_mapping(raw_resource)
+        resource_attributes = cleaner.mapping(raw_resource)
         service = resource_attributes.get("service.name")
         if not isinstance(service, str) or not service:
             service = UNKNOWN_SERVICE
@@ -355,19 +370,35 @@ class SpanMapper:
                 }
 
         name = span.name
-        if not (_is_clean_text(name) and len(name) <= self.max_value_chars):
-            name = _Cleaner(self.max_value_chars, self.max_value_chars).text(name)
         status = span.status
         status_message = status.description
-        if status_message is not None and not (
-            _is_clean_text(status_message) and len(status_message) <= self.max_value_chars
-        ):
-            status_message = _Cleaner(self.max_value_chars, self.max_value_chars).text(
-                status_message
-            )
         metadata, events_json, links_json, otel_json = self._encode_documents(
             attributes, events, links, otel
         )
+        scrubber = self.scrubber
+        if scrubber is not None:
+            name = self._scrubbed_name(name, scrubber)
+            if status_message and scrubber.might_contain_secret(status_message):
+                status_message = scrubber.scrub_text(status_message)
+            # One scan of each encoded document proves most spans hold nothing to scrub.
+            # Key verdicts are cached per key; the values take one scan of their document.
+            if (
+                scrubber.keys_need_scrubbing(attributes)
+                or scrubber.values_might_contain_secret(metadata)
+                or (events_json is not None and scrubber.might_contain_secret(events_json))
+                or (links_json is not None and scrubber.might_contain_secret(links_json))
+            ):
+                attributes = scrubber.scrub_mapping(attributes)
+                if events is not None:
+                    events = [_scrub_attributes(doc, scrubber) for doc in events]
+                if links is not None:
+                    links = [_scrub_attributes(doc, scrubber) for doc in links]
+                metadata, events_json, links_json, otel_json = self._encode_documents(
+                    attributes, events, links, otel
+                )
+        name = self._label(name)
+        if status_message is not None:
+            status_message = self._label(status_message)
         start = _clamp_ns(span.start_time or 0)
         return (
             f"{context.trace_id:032x}",
@@ -388,6 +419,23 @@ class SpanMapper:
             origin.scope_name,
             origin.otel_json if otel is None else otel_json,
         )
+
+    def _scrubbed_name(self, name: str, scrubber: Scrubber) -> str:
+        # Span names repeat (routes, job steps): remember each verdict instead of rescanning.
+        cache = self._scrubbed_names
+        scrubbed = cache.get(name)
+        if scrubbed is None:
+            scrubbed = scrubber.scrub_text(name)
+            if len(cache) >= _NAME_CACHE_SIZE:
+                cache.clear()
+            cache[name] = scrubbed
+        return scrubbed
+
+    def _label(self, text: str) -> str:
+        """A span name or status message as PostgreSQL text, within the value cap."""
+        if _is_clean_text(text) and len(text) <= self.max_value_chars:
+            return text
+        return _Cleaner(self.max_value_chars, self.max_value_chars).text(text)
 
     def _encode_documents(
         self,
