@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +25,13 @@ from opentelemetry.sdk.trace.sampling import Sampler
 
 from otel_pg_exporter import environment_variables as ev
 from otel_pg_exporter import logcorrelation
-from otel_pg_exporter.config import env_value, explicit_value, resolve_enabled, resolve_flag
+from otel_pg_exporter.config import (
+    env_value,
+    explicit_value,
+    report_once,
+    resolve_enabled,
+    resolve_flag,
+)
 from otel_pg_exporter.exporter import PostgresSpanExporter
 
 if TYPE_CHECKING:
@@ -193,6 +200,7 @@ def configure(
             ignore_messages=sentry_ignore_messages,
             before_send=sentry_before_send,
         )
+        sentry_options.check_explicit()
         handle = _pipeline(
             exporter,
             batch_options,
@@ -291,7 +299,10 @@ def adopt_instrument_pipeline() -> Handle | None:
             True,
         )
         handle = _adopt(provider, *existing, log_correlation=correlate)
-        handle.sentry = SentryOptions.resolve(os.environ).attach(provider, existing[1].scrubber)
+        try:
+            handle.sentry = SentryOptions.resolve(os.environ).attach(provider, existing[1].scrubber)
+        except Exception as exc:  # under opentelemetry-instrument, never stop the app
+            logger.warning("The Sentry bridge is off: %s", exc)
         _handle = handle
         return handle
 
@@ -439,29 +450,8 @@ class SentryOptions:
             rate = env_value(environ, (ev.SENTRY_TRACES_SAMPLE_RATE,), _sample_rate, None)
         if before_send is not None and not callable(before_send):
             raise ValueError("sentry_before_send must be callable")
-        if ignore_errors is None:
-            errors: tuple[str | type[BaseException], ...] = tuple(
-                name.strip()
-                for name in environ.get(ev.SENTRY_IGNORE_ERRORS, "").split(",")
-                if name.strip()
-            )
-        elif isinstance(ignore_errors, str) or not all(
-            isinstance(item, str) or (isinstance(item, type) and issubclass(item, BaseException))
-            for item in ignore_errors
-        ):
-            raise ValueError("sentry_ignore_errors must be a sequence of names or exception types")
-        else:
-            errors = tuple(ignore_errors)
-        if ignore_messages is None:
-            messages = tuple(
-                text for text in environ.get(ev.SENTRY_IGNORE_MESSAGES, "").split(";;") if text
-            )
-        elif isinstance(ignore_messages, str) or not all(
-            isinstance(item, str) for item in ignore_messages
-        ):
-            raise ValueError("sentry_ignore_messages must be a sequence of regular expressions")
-        else:
-            messages = tuple(ignore_messages)
+        errors = _ignored_errors(ignore_errors, environ)
+        messages = _ignored_messages(ignore_messages, environ)
         return cls(
             dsn=dsn or environ.get(ev.SENTRY_DSN, "").strip() or None,
             environment=environment or environ.get(ev.SENTRY_ENVIRONMENT, "").strip() or None,
@@ -473,8 +463,20 @@ class SentryOptions:
             explicit=dsn is not None,
         )
 
+    def check_explicit(self) -> None:
+        """Raise now, before anything is set up, for an unusable explicit ``sentry_dsn``."""
+        if not self.explicit or not self.dsn:
+            return
+        from otel_pg_exporter import sentry  # ImportError with the pip install line
+
+        problem = sentry.check_dsn(self.dsn)
+        if problem is not None:
+            raise ValueError(f"sentry_dsn: {problem}")
+
     def attach(self, provider: TracerProvider | None, scrubber: Any) -> SentryBridge | None:
-        """Start the bridge when a DSN is set or sentry-sdk already runs; else None."""
+        """Start the bridge when a DSN is set or sentry-sdk already runs; else None.
+
+        A bad SENTRY_DSN (or a missing extra) is reported and leaves tracing running."""
         already_running = "sentry_sdk" in sys.modules and _sentry_client_active()
         if not self.dsn and not already_running:
             return None
@@ -485,6 +487,11 @@ class SentryOptions:
                 raise
             logger.warning("SENTRY_DSN is set but the Sentry bridge is off: %s", exc)
             return None
+        if self.dsn and not already_running:
+            problem = sentry.check_dsn(self.dsn)
+            if problem is not None:
+                report_once(ev.SENTRY_DSN, self.dsn, f"{problem}; the Sentry bridge is off")
+                return None
         return sentry.attach(
             provider,
             dsn=self.dsn,
@@ -496,6 +503,47 @@ class SentryOptions:
             before_send=self.before_send,
             scrubber=scrubber,
         )
+
+
+def _ignored_errors(
+    value: Sequence[str | type[BaseException]] | None, environ: Mapping[str, str]
+) -> tuple[str | type[BaseException], ...]:
+    if value is None:
+        return tuple(
+            name.strip()
+            for name in environ.get(ev.SENTRY_IGNORE_ERRORS, "").split(",")
+            if name.strip()
+        )
+    if isinstance(value, str) or not all(
+        isinstance(item, str) or (isinstance(item, type) and issubclass(item, BaseException))
+        for item in value
+    ):
+        raise ValueError("sentry_ignore_errors must be a sequence of names or exception types")
+    return tuple(value)
+
+
+def _ignored_messages(value: Sequence[str] | None, environ: Mapping[str, str]) -> tuple[str, ...]:
+    if value is None:
+        messages: tuple[str, ...] = ()
+        for text in environ.get(ev.SENTRY_IGNORE_MESSAGES, "").split(";;"):
+            if text and _compiles(text):
+                messages += (text,)
+            elif text:
+                report_once(ev.SENTRY_IGNORE_MESSAGES, text, "not a regular expression")
+        return messages
+    if isinstance(value, str) or not all(
+        isinstance(item, str) and _compiles(item) for item in value
+    ):
+        raise ValueError("sentry_ignore_messages must be a sequence of regular expressions")
+    return tuple(value)
+
+
+def _compiles(pattern: str) -> bool:
+    try:
+        re.compile(pattern)
+    except re.error:
+        return False
+    return True
 
 
 def _sentry_client_active() -> bool:

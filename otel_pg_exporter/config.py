@@ -27,6 +27,7 @@ DEFAULT_POOL_MAX = 2
 DEFAULT_EXECUTION_ID_ATTRIBUTE = "execution.id"
 DEFAULT_MAX_VALUE_CHARS = 65_536
 DEFAULT_MAX_SPAN_CHARS = 1_048_576
+DEFAULT_SPOOL_MAX_MB = 256
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
@@ -124,13 +125,16 @@ class ExporterSettings:
     execution_id_attribute: str
     max_value_chars: int
     max_span_chars: int
+    spool_dir: str | None = None
+    spool_max_mb: int = DEFAULT_SPOOL_MAX_MB
 
     def __repr__(self) -> str:
         return (
             f"ExporterSettings(dsn={redact_dsn(self.dsn)!r}, schema={self.schema!r}, "
             f"table={self.table!r}, timeout_s={self.timeout_s}, pool_max={self.pool_max}, "
             f"execution_id_attribute={self.execution_id_attribute!r}, "
-            f"max_value_chars={self.max_value_chars}, max_span_chars={self.max_span_chars})"
+            f"max_value_chars={self.max_value_chars}, max_span_chars={self.max_span_chars}, "
+            f"spool_dir={self.spool_dir!r}, spool_max_mb={self.spool_max_mb})"
         )
 
     @classmethod
@@ -146,6 +150,8 @@ class ExporterSettings:
         execution_id_attribute: str | None = None,
         max_value_chars: int | None = None,
         max_span_chars: int | None = None,
+        spool_dir: str | None = None,
+        spool_max_mb: int | None = None,
     ) -> ExporterSettings:
         env = os.environ if environ is None else environ
 
@@ -209,6 +215,15 @@ class ExporterSettings:
                 int,
                 DEFAULT_MAX_SPAN_CHARS,
             ),
+            spool_dir=resolve_spool_dir(spool_dir, env),
+            spool_max_mb=pick(
+                "spool_max_mb",
+                spool_max_mb,
+                (ev.OTEL_EXPORTER_POSTGRES_SPOOL_MAX_MB,),
+                _positive_int,
+                int,
+                DEFAULT_SPOOL_MAX_MB,
+            ),
         )
 
 
@@ -226,6 +241,26 @@ def _at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def default_spool_dir(environ: Mapping[str, str]) -> str:
+    """The per-user cache folder: ``$XDG_CACHE_HOME`` or ``~/.cache``, then our name."""
+    base = environ.get("XDG_CACHE_HOME", "").strip() or os.path.join(
+        os.path.expanduser("~"), ".cache"
+    )
+    return os.path.join(base, "otel_pg_exporter", "spool")
+
+
+def resolve_spool_dir(explicit: str | None, environ: Mapping[str, str]) -> str | None:
+    """``spool_dir=`` > OTEL_EXPORTER_POSTGRES_SPOOL_DIR > the per-user cache folder; an
+    empty value (argument or variable) turns the spool off: None."""
+    if explicit is not None:
+        if not isinstance(explicit, str):
+            raise ValueError(f"spool_dir must be str, got {type(explicit).__name__}")
+        return explicit.strip() or None
+    if ev.OTEL_EXPORTER_POSTGRES_SPOOL_DIR in environ:
+        return environ[ev.OTEL_EXPORTER_POSTGRES_SPOOL_DIR].strip() or None
+    return default_spool_dir(environ)
 
 
 def resolve_enabled(explicit: bool | None, environ: Mapping[str, str]) -> bool:

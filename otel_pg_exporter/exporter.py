@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
 
+import psycopg
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from psycopg.conninfo import conninfo_to_dict
 
 from otel_pg_exporter._untraced import untraced
-from otel_pg_exporter.config import ExporterSettings, resolve_enabled, resolve_scrubber
-from otel_pg_exporter.mapping import SpanMapper
+from otel_pg_exporter.config import (
+    ExporterSettings,
+    redact_dsn,
+    resolve_enabled,
+    resolve_scrubber,
+)
+from otel_pg_exporter.mapping import SpanMapper, late_attributes
+from otel_pg_exporter.metrics import ExporterMetrics
+from otel_pg_exporter.replay import Replayer
 from otel_pg_exporter.rows import Row
+from otel_pg_exporter.spool import Spool, SpoolError
 from otel_pg_exporter.writer import SpanWriter, WriteError, describe
 
 logger = logging.getLogger("otel_pg_exporter")
@@ -68,19 +80,9 @@ class _RateLimitedWarnings:
         logger.warning(message, *args)
 
 
-@dataclass
-class ExporterStats:
-    """Counters since the exporter was created."""
-
-    spans_exported: int = 0
-    spans_duplicate: int = 0
-    spans_rejected: int = 0
-    spans_failed: int = 0
-    export_calls: int = 0
-    export_failures: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+def _backoff(attempt: int) -> float:
+    """Full-jitter exponential backoff: 0.1 s, 0.2 s, 0.4 s ... up to 2 s, randomised."""
+    return random.uniform(0, min(2.0, 0.1 * 2**attempt))  # noqa: S311 - jitter, not security
 
 
 class PostgresSpanExporter(SpanExporter):
@@ -105,6 +107,8 @@ class PostgresSpanExporter(SpanExporter):
         execution_id_attribute: str | None = None,
         max_value_chars: int | None = None,
         max_span_chars: int | None = None,
+        spool_dir: str | None = None,
+        spool_max_mb: int | None = None,
         scrub: bool | None = None,
         scrub_patterns: Sequence[str] | None = None,
         scrub_allow: Sequence[str] | None = None,
@@ -122,6 +126,8 @@ class PostgresSpanExporter(SpanExporter):
             execution_id_attribute=execution_id_attribute,
             max_value_chars=max_value_chars,
             max_span_chars=max_span_chars,
+            spool_dir=spool_dir,
+            spool_max_mb=spool_max_mb,
         )
         self.scrubber = resolve_scrubber(scrub, scrub_patterns, scrub_allow, env)
         self._mapper = SpanMapper(
@@ -138,9 +144,13 @@ class PostgresSpanExporter(SpanExporter):
             timeout_s=self.settings.timeout_s,
         )
         self._warnings = _RateLimitedWarnings()
-        self._stats = ExporterStats()
-        self._stats_lock = threading.Lock()
+        self._metrics = ExporterMetrics()
         self._shutdown = False
+        self._stopping = threading.Event()
+        self._spool_lock = threading.Lock()
+        self._spool: Spool | None = None
+        self._replayer: Replayer | None = None
+        self._spool_failed = False
         if not self.enabled:
             _say_tracing_is_off()
 
@@ -148,50 +158,81 @@ class PostgresSpanExporter(SpanExporter):
         return f"PostgresSpanExporter({self.settings!r})"
 
     def stats(self) -> dict[str, int]:
-        """A snapshot of the exporter's counters."""
-        with self._stats_lock:
-            return self._stats.as_dict()
+        """A snapshot of the exporter's counters (and of the spool, when one is open)."""
+        counters = {
+            "spans_exported": 0,
+            "spans_duplicate": 0,
+            "spans_failed": 0,
+            "spans_rejected": 0,
+            "spans_spooled": 0,
+            "spans_replayed": 0,
+            "export_calls": 0,
+            "export_failures": 0,
+        }
+        counters.update(self._metrics.snapshot())
+        counters["spans_rejected"] = counters.get("spans_dropped_rejected", 0)
+        spool = self._spool
+        if spool is not None:
+            pending = spool.pending()
+            counters["spool_segments"] = pending.segments
+            counters["spool_bytes"] = pending.bytes
+            counters["spool_rows"] = pending.rows
+            counters["spool_corrupt_records"] = pending.corrupt_records
+        return counters
+
+    @property
+    def replayer(self) -> Replayer | None:
+        """The spool's replay thread, once a spool is open."""
+        return self._replayer
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        """Store ``spans``; SUCCESS when every span is in the table (or was already)."""
+        """Store ``spans``: SUCCESS when every span is in the table (or already was).
+
+        A batch the database cannot take now goes to the disk spool (FAILURE: not stored
+        yet) and is replayed in the background once the database answers.
+        """
         if self._shutdown:
             return SpanExportResult.FAILURE
         if not spans or not self.enabled:
             return SpanExportResult.SUCCESS
-        deadline = time.monotonic() + self.settings.timeout_s
+        started = time.monotonic()
         with untraced():
             try:
-                return self._export(spans, deadline)
+                return self._export(spans, started + self.settings.timeout_s)
             except Exception as exc:  # export() must never raise into the SDK
                 self._warnings.warn(
                     "unexpected", "Dropped %d spans: unexpected %s", len(spans), describe(exc)
                 )
-                self._count(failed=len(spans), failure=True)
+                self._metrics.failed("unexpected")
+                self._metrics.dropped(len(spans), "unexpected")
                 return SpanExportResult.FAILURE
+            finally:
+                self._metrics.export_took(time.monotonic() - started)
 
     def _export(self, spans: Sequence[ReadableSpan], deadline: float) -> SpanExportResult:
         rows = self._map(spans)
-        try:
-            outcome = self._writer.write(rows, deadline)
-        except WriteError as exc:
-            kind = type(exc).__name__
-            self._warnings.warn(
-                kind,
-                "Could not store %d spans in PostgreSQL: %s; %s",
-                len(spans),
-                exc.cause,
-                _ADVICE.get(kind, "see the cause above"),
-            )
-            self._count(failed=len(spans), failure=True)
-            return SpanExportResult.FAILURE
-        rejected = len(outcome.rejected) + len(spans) - len(rows)
-        with self._stats_lock:
-            self._stats.export_calls += 1
-            self._stats.spans_exported += outcome.inserted
-            self._stats.spans_duplicate += outcome.duplicates
-            self._stats.spans_rejected += rejected
-            if rejected:
-                self._stats.export_failures += 1
+        unmappable = len(spans) - len(rows)
+        self._metrics.dropped(unmappable, "rejected")
+        replayer = self._open_spool_lazily()
+        attempt = 0
+        while True:
+            try:
+                outcome = self._writer.write(rows, deadline)
+                break
+            except WriteError as exc:
+                delay = _backoff(attempt)
+                retry = (
+                    exc.transient
+                    and self._writer.database_down_cause is None
+                    and time.monotonic() + delay < deadline
+                )
+                if retry and not self._stopping.wait(delay):
+                    attempt += 1
+                    continue
+                self._not_stored(rows, exc)
+                return SpanExportResult.FAILURE
+        self._metrics.exported(outcome.inserted, outcome.duplicates)
+        self._metrics.dropped(len(outcome.rejected), "rejected")
         if outcome.rejected:
             self._warnings.warn(
                 "RowRejected",
@@ -201,7 +242,115 @@ class PostgresSpanExporter(SpanExporter):
                 outcome.rejected[0][1],
                 _ADVICE["RowRejected"],
             )
-        return SpanExportResult.FAILURE if rejected else SpanExportResult.SUCCESS
+        if replayer is not None and self._spool is not None and self._spool_has_data():
+            replayer.wake()
+        if late_attributes:
+            self._store_late_attributes(deadline)
+        failed = outcome.rejected or unmappable
+        return SpanExportResult.FAILURE if failed else SpanExportResult.SUCCESS
+
+    def _store_late_attributes(self, deadline: float) -> None:
+        """Attributes that arrived after their span was exported: update the stored rows."""
+        waiting = late_attributes.waiting()
+        items = [
+            (f"{trace_id:032x}", f"{span_id:016x}", json.dumps(attributes))
+            for trace_id, span_id, attributes in waiting
+        ]
+        try:
+            found = self._writer.add_metadata(items, deadline)
+        except WriteError:
+            return  # kept for the next export
+        for (trace_id, span_id, _), stored in zip(waiting, found, strict=True):
+            if stored:
+                late_attributes.pop(trace_id, span_id)
+
+    def _not_stored(self, rows: list[Row], exc: WriteError) -> None:
+        kind = type(exc).__name__
+        self._metrics.failed(kind)
+        self._metrics.spans_failed(len(rows))
+        spool = self._spool
+        fate = "dropped"
+        if spool is not None:
+            try:
+                dropped = spool.append(rows)
+            except SpoolError as spool_exc:
+                self._metrics.dropped(len(rows), "spool_error")
+                self._warnings.warn(
+                    "SpoolError",
+                    "Could not spool %d spans: %s; check OTEL_EXPORTER_POSTGRES_SPOOL_DIR",
+                    len(rows),
+                    describe(spool_exc),
+                )
+            else:
+                fate = "spooled to disk, replayed once the database answers"
+                self._metrics.spooled(len(rows))
+                if dropped:
+                    self._metrics.dropped(dropped, "spool_full")
+                    self._warnings.warn(
+                        "spool_full",
+                        "The spool is full: dropped the %d oldest spooled spans; "
+                        "raise OTEL_EXPORTER_POSTGRES_SPOOL_MAX_MB or fix the database",
+                        dropped,
+                    )
+        else:
+            self._metrics.dropped(len(rows), "no_spool")
+        self._warnings.warn(
+            kind,
+            "Could not store %d spans in PostgreSQL (%s): %s; %s",
+            len(rows),
+            fate,
+            exc.cause,
+            _ADVICE.get(kind, "see the cause above"),
+        )
+
+    def _spool_has_data(self) -> bool:
+        spool = self._spool
+        return spool is not None and spool.pending().segments > 0
+
+    def _open_spool_lazily(self) -> Replayer | None:
+        """Open the spool and start its replay thread at the first export (not before: the
+        constructor touches neither network nor disk). A spool left by a process that died
+        is found here and replayed."""
+        if self._replayer is not None or self._spool_failed or not self.settings.spool_dir:
+            return self._replayer
+        with self._spool_lock:
+            if self._replayer is not None or self._spool_failed:
+                return self._replayer
+            directory = os.path.join(self.settings.spool_dir, self._target_key())
+            try:
+                spool = Spool(directory, max_bytes=self.settings.spool_max_mb * 2**20)
+            except (OSError, SpoolError) as exc:
+                self._spool_failed = True
+                self._warnings.warn(
+                    "SpoolError",
+                    "No disk spool (%s): spans are dropped while the database is down",
+                    describe(exc),
+                )
+                return None
+            replayer = Replayer(
+                spool,
+                self._writer,
+                self._metrics,
+                timeout_s=self.settings.timeout_s,
+                warn=self._warnings.warn,
+            )
+            self._spool = spool
+            self._replayer = replayer
+            replayer.start()
+            return replayer
+
+    def _target_key(self) -> str:
+        """One spool folder per database and table, so a replay never crosses targets."""
+        try:
+            params = conninfo_to_dict(self.settings.dsn)
+        except psycopg.Error:
+            params = {"dsn": redact_dsn(self.settings.dsn)}
+        identity = [
+            str(params.get(name, ""))
+            for name in ("host", "hostaddr", "port", "dbname", "user", "service", "dsn")
+        ]
+        identity += [self.settings.schema or "", self.settings.table]
+        return hashlib.sha256("\x00".join(identity).encode("utf-8", "replace")).hexdigest()[:16]
 
     def _map(self, spans: Sequence[ReadableSpan]) -> list[Row]:
         to_row = self._mapper.to_row
@@ -217,20 +366,28 @@ class PostgresSpanExporter(SpanExporter):
                 self._warnings.warn("unmappable", "Skipped a span: %s", describe(exc))
         return rows
 
-    def _count(self, *, failed: int, failure: bool) -> None:
-        with self._stats_lock:
-            self._stats.export_calls += 1
-            self._stats.spans_failed += failed
-            if failure:
-                self._stats.export_failures += 1
-
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        """Nothing is buffered between calls: every export() has finished when it returns."""
-        return not self._shutdown
+        """Nothing is buffered between calls: every export() has finished when it returns;
+        attributes that arrived after their span was stored are written now."""
+        if self._shutdown:
+            return False
+        if late_attributes and self.enabled:
+            with untraced():
+                self._store_late_attributes(time.monotonic() + timeout_millis / 1000)
+        return True
 
     def shutdown(self) -> None:
-        """Close the connection pool; idempotent. Later exports return FAILURE."""
+        """Stop the replay thread, close the spool (its files stay for the next process) and
+        the connection pool; idempotent. Later exports return FAILURE."""
         if self._shutdown:
             return
         self._shutdown = True
+        self._stopping.set()
+        if late_attributes and self.enabled:
+            with untraced():
+                self._store_late_attributes(time.monotonic() + self.settings.timeout_s)
+        if self._replayer is not None:
+            self._replayer.stop()
+        if self._spool is not None:
+            self._spool.close()
         self._writer.close()

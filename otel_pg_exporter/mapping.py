@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
@@ -243,6 +245,49 @@ def execution_id_of(value: object) -> int | None:
     return None
 
 
+class LateAttributes:
+    """Attributes learned after their span ended, added to its row.
+
+    A Sentry event captured just after an ASGI server span ended still names that span; the
+    span can no longer take attributes, so its ``sentry.event_id`` waits here. The mapper
+    merges it when the span is still queued; otherwise the exporter updates the stored row.
+    """
+
+    def __init__(self, max_entries: int = 10_000, max_age_s: float = 300.0) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[tuple[int, int], tuple[float, dict[str, Any]]] = {}
+        self._max_entries = max_entries
+        self._max_age_s = max_age_s
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def add(self, trace_id: int, span_id: int, key: str, value: Any) -> None:
+        with self._lock:
+            if len(self._items) >= self._max_entries:  # spans never exported: forget the oldest
+                self._items.pop(next(iter(self._items)))
+            _, attributes = self._items.get((trace_id, span_id), (0.0, {}))
+            attributes[key] = value
+            self._items[(trace_id, span_id)] = (time.monotonic(), attributes)
+
+    def pop(self, trace_id: int, span_id: int) -> dict[str, Any] | None:
+        with self._lock:
+            item = self._items.pop((trace_id, span_id), None)
+        return None if item is None else item[1]
+
+    def waiting(self) -> list[tuple[int, int, dict[str, Any]]]:
+        """Entries whose span may already be stored; entries too old to matter are dropped."""
+        cutoff = time.monotonic() - self._max_age_s
+        with self._lock:
+            for key in [key for key, (added, _) in self._items.items() if added < cutoff]:
+                del self._items[key]
+            return [
+                (trace_id, span_id, dict(a)) for (trace_id, span_id), (_, a) in self._items.items()
+            ]
+
+
+late_attributes = LateAttributes()
+
 _SAMPLED = 1
 _ORIGIN_CACHE_SIZE = 256
 _NAME_CACHE_SIZE = 4096
@@ -346,6 +391,10 @@ class SpanMapper:
         # read the containers they wrap, falling back to the properties for other spans.
         raw_attributes = getattr(span, "_attributes", None)
         attributes = _attribute_dict(raw_attributes or span.attributes)
+        if late_attributes:
+            late = late_attributes.pop(context.trace_id, context.span_id)
+            if late:
+                attributes = {**attributes, **late}
         raw_events = getattr(span, "_events", None)
         raw_links = getattr(span, "_links", None)
         if raw_events is None or raw_links is None:
@@ -375,27 +424,17 @@ class SpanMapper:
         metadata, events_json, links_json, otel_json = self._encode_documents(
             attributes, events, links, otel
         )
-        scrubber = self.scrubber
-        if scrubber is not None:
-            name = self._scrubbed_name(name, scrubber)
-            if status_message and scrubber.might_contain_secret(status_message):
-                status_message = scrubber.scrub_text(status_message)
-            # One scan of each encoded document proves most spans hold nothing to scrub.
-            # Key verdicts are cached per key; the values take one scan of their document.
-            if (
-                scrubber.keys_need_scrubbing(attributes)
-                or scrubber.values_might_contain_secret(metadata)
-                or (events_json is not None and scrubber.might_contain_secret(events_json))
-                or (links_json is not None and scrubber.might_contain_secret(links_json))
-            ):
-                attributes = scrubber.scrub_mapping(attributes)
-                if events is not None:
-                    events = [_scrub_attributes(doc, scrubber) for doc in events]
-                if links is not None:
-                    links = [_scrub_attributes(doc, scrubber) for doc in links]
-                metadata, events_json, links_json, otel_json = self._encode_documents(
-                    attributes, events, links, otel
-                )
+        if self.scrubber is not None:
+            name, status_message, metadata, events_json, links_json, otel_json = self._scrub(
+                self.scrubber,
+                name,
+                status_message,
+                attributes,
+                events,
+                links,
+                otel,
+                (metadata, events_json, links_json, otel_json),
+            )
         name = self._label(name)
         if status_message is not None:
             status_message = self._label(status_message)
@@ -419,6 +458,37 @@ class SpanMapper:
             origin.scope_name,
             origin.otel_json if otel is None else otel_json,
         )
+
+    def _scrub(
+        self,
+        scrubber: Scrubber,
+        name: str,
+        status_message: str | None,
+        attributes: dict[str, Any],
+        events: list[dict[str, Any]] | None,
+        links: list[dict[str, Any]] | None,
+        otel: dict[str, Any] | None,
+        documents: tuple[str, str | None, str | None, str | None],
+    ) -> tuple[str, str | None, str, str | None, str | None, str | None]:
+        """Name, status message and documents with credentials replaced by markers."""
+        name = self._scrubbed_name(name, scrubber)
+        if status_message and scrubber.might_contain_secret(status_message):
+            status_message = scrubber.scrub_text(status_message)
+        metadata, events_json, links_json, _ = documents
+        # Key verdicts are cached per key; the values take one scan of their document.
+        if (
+            scrubber.keys_need_scrubbing(attributes)
+            or scrubber.values_might_contain_secret(metadata)
+            or (events_json is not None and scrubber.might_contain_secret(events_json))
+            or (links_json is not None and scrubber.might_contain_secret(links_json))
+        ):
+            attributes = scrubber.scrub_mapping(attributes)
+            if events is not None:
+                events = [_scrub_attributes(doc, scrubber) for doc in events]
+            if links is not None:
+                links = [_scrub_attributes(doc, scrubber) for doc in links]
+            documents = self._encode_documents(attributes, events, links, otel)
+        return (name, status_message, *documents)
 
     def _scrubbed_name(self, name: str, scrubber: Scrubber) -> str:
         # Span names repeat (routes, job steps): remember each verdict instead of rescanning.

@@ -16,9 +16,12 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import Status
 
+from otel_pg_exporter.mapping import late_attributes
 from otel_pg_exporter.scrubbing import Scrubber
 
 INSTALL_HINT = "pip install 'otel_pg_exporter[sentry]'"
@@ -100,32 +103,34 @@ class _ScrubbingExporter(SpanExporter):
         return self._inner.export(spans)
 
     def _scrub(self, span: ReadableSpan) -> ReadableSpan:
+        # Everything a trace_spans row scrubs: name, status, attributes, events (names too),
+        # links and resource attributes. Runs on the Sentry exporter's own thread.
         scrubber = self._scrubber
         assert scrubber is not None
-        attributes = dict(span.attributes or {})
-        cleaned = scrubber.scrub_mapping(attributes)
-        if cleaned == attributes and not span.events and not span.links:
-            return span
+        status = span.status
+        if status.description:
+            status = Status(status.status_code, scrubber.scrub_text(status.description))
+        resource = span.resource
         return ReadableSpan(
             name=scrubber.scrub_text(span.name),
             context=span.context,
             parent=span.parent,
-            resource=span.resource,
-            attributes=cleaned,
+            resource=Resource(scrubber.scrub_mapping(resource.attributes), resource.schema_url),
+            attributes=scrubber.scrub_mapping(span.attributes or {}),
             events=tuple(
-                type(event)(
-                    event.name,
-                    scrubber.scrub_mapping(dict(event.attributes or {})),
+                Event(
+                    scrubber.scrub_text(event.name),
+                    scrubber.scrub_mapping(event.attributes or {}),
                     event.timestamp,
                 )
                 for event in span.events
             ),
             links=tuple(
-                trace.Link(link.context, scrubber.scrub_mapping(dict(link.attributes or {})))
+                trace.Link(link.context, scrubber.scrub_mapping(link.attributes or {}))
                 for link in span.links
             ),
             kind=span.kind,
-            status=span.status,
+            status=status,
             start_time=span.start_time,
             end_time=span.end_time,
             instrumentation_scope=span.instrumentation_scope,
@@ -139,7 +144,7 @@ class _ScrubbingExporter(SpanExporter):
 
 
 class EventFilter:
-    """Sentry ``before_send``: drops noisy errors, runs the user's hook, scrubs, links the span."""
+    """Sentry ``before_send``: drops noisy errors, runs the user's hooks, scrubs, links the span."""
 
     def __init__(
         self,
@@ -153,26 +158,33 @@ class EventFilter:
             item if isinstance(item, str) else item.__name__ for item in ignore_errors
         }
         self._ignored_types = tuple(item for item in ignore_errors if isinstance(item, type))
-        try:
-            self._ignored_messages = [re.compile(pattern) for pattern in ignore_messages]
-        except re.error as exc:
-            raise ValueError(f"sentry_ignore_messages: invalid pattern: {exc}") from None
-        self.user_before_send = user_before_send
+        self._ignored_messages = [re.compile(pattern) for pattern in ignore_messages]
+        self.user_hooks: list[BeforeSend] = [user_before_send] if user_before_send else []
         self._scrubber = scrubber
 
     def __call__(self, event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:
         if self._is_ignored(event, hint):
             return None
-        if self.user_before_send is not None:
-            result = self.user_before_send(event, hint)
+        for hook in self.user_hooks:
+            result = hook(event, hint)
             if result is None:
                 return None
             event = result
         if self._scrubber is not None:
             event = self._scrubber.scrub_mapping(event)
-        span = trace.get_current_span()
-        if span.is_recording() and isinstance(event.get("event_id"), str):
-            span.set_attribute(EVENT_ID_ATTRIBUTE, event["event_id"])
+        event_id = event.get("event_id")
+        if isinstance(event_id, str):
+            span = trace.get_current_span()
+            if span.is_recording():
+                span.set_attribute(EVENT_ID_ATTRIBUTE, event_id)
+            else:
+                # Captured just after its span ended (an ASGI server span ends with the
+                # response, before the framework reports the error): the row gets it at export.
+                context = span.get_span_context()
+                if context.is_valid:
+                    late_attributes.add(
+                        context.trace_id, context.span_id, EVENT_ID_ATTRIBUTE, event_id
+                    )
         return event
 
     def _is_ignored(self, event: Mapping[str, Any], hint: Mapping[str, Any]) -> bool:
@@ -234,8 +246,11 @@ def attach(
     )
     client = sentry_sdk.get_client()
     if client.is_active():
-        # Joining the application's own sentry_sdk.init: keep its options, chain its hook.
-        event_filter.user_before_send = before_send or client.options.get("before_send")
+        # Joining the application's own sentry_sdk.init: keep its options, chain its hook
+        # before configure()'s own.
+        existing = client.options.get("before_send")
+        if callable(existing) and not isinstance(existing, EventFilter):
+            event_filter.user_hooks.insert(0, existing)
         client.options["before_send"] = event_filter
         register_external_propagation_context(otel_propagation_context)
         dsn = client.options.get("dsn")
@@ -264,6 +279,15 @@ def attach(
         )
         provider.add_span_processor(processor)
     return SentryBridge(processor, event_filter)
+
+
+def check_dsn(dsn: str) -> str | None:
+    """Why sentry-sdk would refuse ``dsn``, or None when it is usable."""
+    try:
+        Dsn(dsn)
+    except Exception as exc:  # sentry-sdk raises BadDsn, and ValueError for some inputs
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _sentry_otlp_exporter(dsn: str) -> OTLPSpanExporter:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import socket
 import threading
 import time
 import weakref
@@ -156,6 +157,74 @@ def _connection_class(health: _Health) -> type[psycopg.Connection[Any]]:
     return _ExporterConnection
 
 
+WATCHDOG_GRACE_S = 1.0
+_WATCHDOG_TICK_S = 0.2
+
+
+class _Watchdog:
+    """Closes the socket of a connection still busy past its export deadline.
+
+    statement_timeout is enforced by the server, which a stalled network never reaches, and
+    libpq has no client-side query timeout: shutting the socket down is what makes a blocked
+    COPY fail, so that one export stays bounded even then.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._busy: dict[int, tuple[psycopg.Connection[Any], float]] = {}
+        self._severed: set[int] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="otel_pg_exporter-watchdog", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def watch(self, conn: psycopg.Connection[Any], deadline: float) -> None:
+        with self._lock:
+            self._busy[id(conn)] = (conn, deadline + WATCHDOG_GRACE_S)
+
+    def forget(self, conn: psycopg.Connection[Any]) -> None:
+        with self._lock:
+            self._busy.pop(id(conn), None)
+            self._severed.discard(id(conn))
+
+    def severed(self, conn: psycopg.Connection[Any]) -> bool:
+        with self._lock:
+            return id(conn) in self._severed
+
+    def _run(self) -> None:
+        while not self._stop.wait(_WATCHDOG_TICK_S):
+            now = time.monotonic()
+            with self._lock:
+                late = [
+                    (key, conn)
+                    for key, (conn, limit) in self._busy.items()
+                    if now > limit and key not in self._severed
+                ]
+                self._severed.update(key for key, _ in late)
+            for _, conn in late:
+                _shut_socket(conn)
+
+
+def _shut_socket(conn: psycopg.Connection[Any]) -> None:
+    try:
+        duplicate = os.dup(conn.pgconn.socket)
+    except (OSError, psycopg.Error):
+        return
+    try:
+        with socket.socket(fileno=duplicate) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 _ROW_ERRORS: tuple[type[BaseException], ...] = (
     errors.DataError,
     errors.IntegrityError,
@@ -200,6 +269,7 @@ class SpanWriter:
         self._pool: ConnectionPool[Any] | None = None
         self._closed = False
         self._pid = os.getpid()
+        self._watchdog = _Watchdog()
         columns = sql.SQL(", ").join(sql.Identifier(name) for name, _ in STAGE_COLUMNS)
         self._types = [pg_type for _, pg_type in STAGE_COLUMNS]
         self._create_stage_sql = sql.SQL(
@@ -226,6 +296,10 @@ class SpanWriter:
             " metadata::jsonb, events::jsonb, links::jsonb, resource::jsonb, scope, otel::jsonb"
             " FROM {stage} ON CONFLICT DO NOTHING"
         ).format(target=self._target, stage=sql.Identifier(STAGE_TABLE))
+        self._add_metadata_sql = sql.SQL(
+            "UPDATE {target} SET metadata = metadata || %s::jsonb"
+            " WHERE trace_id = %s AND span_id = %s"
+        ).format(target=self._target)
         _track_for_fork(self)
 
     def __repr__(self) -> str:
@@ -256,8 +330,28 @@ class SpanWriter:
             outcome.add(self.write(rows[middle:], deadline))
             return outcome
 
+    def add_metadata(self, items: Sequence[tuple[str, str, str]], deadline: float) -> list[bool]:
+        """Merge JSON objects into the ``metadata`` of stored rows, given as (trace id,
+        span id, JSON) triples; True for each row found. Raises WriteError."""
+        if not items:
+            return []
+        with untraced():
+            conn = self._getconn(deadline)
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    found = []
+                    for trace_id, span_id, document in items:
+                        cur.execute(self._add_metadata_sql, (document, trace_id, span_id))
+                        found.append(cur.rowcount > 0)
+            except psycopg.Error as exc:
+                raise DatabaseUnavailable(describe(exc)) from exc
+            finally:
+                self._putconn(conn)
+        return found
+
     def _write_batch(self, rows: Sequence[Row], deadline: float) -> WriteOutcome:
         conn = self._getconn(deadline)
+        self._watchdog.watch(conn, deadline)
         try:
             with conn.transaction(), conn.cursor() as cur:
                 remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
@@ -280,8 +374,14 @@ class SpanWriter:
         except _TIMEOUT_ERRORS as exc:
             raise WriteTimeout(describe(exc)) from exc
         except psycopg.Error as exc:
+            if self._watchdog.severed(conn):
+                raise WriteTimeout(
+                    f"no answer from the database within {self._timeout_s:g} s "
+                    "(network stalled?); the connection was closed"
+                ) from exc
             raise DatabaseUnavailable(describe(exc)) from exc
         finally:
+            self._watchdog.forget(conn)
             self._putconn(conn)
         return WriteOutcome(inserted=inserted, duplicates=len(rows) - inserted)
 
@@ -348,6 +448,7 @@ class SpanWriter:
             with untraced():
                 pool.open(wait=False)
             self._pool = pool
+            self._watchdog.start()
             return pool
 
     def _configure_connection(self, conn: psycopg.Connection[Any]) -> None:
@@ -360,6 +461,7 @@ class SpanWriter:
         with self._lock:
             self._closed = True
             pool, self._pool = self._pool, None
+        self._watchdog.stop()
         if pool is not None:
             with untraced():
                 pool.close(timeout=timeout_s)
@@ -371,6 +473,7 @@ class SpanWriter:
         self._pool = None
         self._lock = threading.Lock()
         self._health = _Health()
+        self._watchdog = _Watchdog()
         self._pid = os.getpid()
 
 

@@ -26,6 +26,12 @@ def db_tracing_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
+def spool_in_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep every test's disk spool out of the user's cache folder."""
+    monkeypatch.setenv("OTEL_EXPORTER_POSTGRES_SPOOL_DIR", str(tmp_path_factory.mktemp("spool")))
+
+
+@pytest.fixture(autouse=True)
 def forget_configure() -> Iterator[None]:
     """Leave no configure() handle or log correlation behind for the next test."""
     yield

@@ -18,9 +18,14 @@ _TRACING_PREFIXES = (
 )
 
 
+_KEPT = ("OTEL_EXPORTER_POSTGRES_SPOOL_DIR",)  # the test's own spool folder, not ~/.cache
+
+
 def clean_environ(**overrides: str) -> dict[str, str]:
     """The test process's environment without any tracing settings, plus ``overrides``."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(_TRACING_PREFIXES)}
+    environ = {
+        k: v for k, v in os.environ.items() if not k.startswith(_TRACING_PREFIXES) or k in _KEPT
+    }
     environ.update(overrides)
     return environ
 

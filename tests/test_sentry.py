@@ -201,6 +201,10 @@ def example_failures(
                     wait_healthy(url, service, logs / f"{variant}.log")
                     with httpx.Client(timeout=10.0) as client:
                         statuses[variant] = client.get(f"{url}/fail").status_code
+                # Sentry reports the error after the 500 has been sent: let it happen before
+                # the services stop, as it would in any service that keeps running.
+                for receiver in receivers.values():
+                    receiver.wait_for(lambda r: r.events, timeout_s=5.0)
             finally:
                 for service in services.values():
                     service.send_signal(signal.SIGINT)

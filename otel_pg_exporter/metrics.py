@@ -1,0 +1,92 @@
+"""The exporter's own counters: kept in-process for ``stats()`` and reported through the
+OpenTelemetry metrics API (meter ``otel_pg_exporter``), which costs nothing until the
+application installs a MeterProvider."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+from opentelemetry import metrics
+
+METER_NAME = "otel_pg_exporter"
+
+
+class ExporterMetrics:
+    """Counters updated once per export call or spool record, never per span."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        meter = metrics.get_meter(METER_NAME)
+        self._exported = meter.create_counter(
+            "otel_pg_exporter.spans.exported", unit="{span}", description="Spans stored"
+        )
+        self._spooled = meter.create_counter(
+            "otel_pg_exporter.spans.spooled",
+            unit="{span}",
+            description="Spans written to the disk spool while the database was unavailable",
+        )
+        self._replayed = meter.create_counter(
+            "otel_pg_exporter.spans.replayed",
+            unit="{span}",
+            description="Spooled spans stored once the database was back",
+        )
+        self._dropped = meter.create_counter(
+            "otel_pg_exporter.spans.dropped",
+            unit="{span}",
+            description="Spans lost, by reason (queue_full, spool_full, rejected, no_spool)",
+        )
+        self._failures = meter.create_counter(
+            "otel_pg_exporter.export.failures",
+            unit="{export}",
+            description="Export attempts that failed, by cause",
+        )
+        self._latency = meter.create_histogram(
+            "otel_pg_exporter.export.duration", unit="s", description="Time of one export call"
+        )
+
+    def exported(self, spans: int, duplicates: int = 0) -> None:
+        self._add("spans_exported", spans)
+        self._add("spans_duplicate", duplicates)
+        self._exported.add(spans)
+
+    def spans_failed(self, spans: int) -> None:
+        """Spans of a batch the database did not take (spooled or dropped after)."""
+        self._add("spans_failed", spans)
+
+    def spooled(self, spans: int) -> None:
+        self._add("spans_spooled", spans)
+        self._spooled.add(spans)
+
+    def replayed(self, spans: int) -> None:
+        self._add("spans_replayed", spans)
+        self._replayed.add(spans)
+
+    def dropped(self, spans: int, reason: str) -> None:
+        if spans:
+            self._add(f"spans_dropped_{reason}", spans)
+            self._dropped.add(spans, {"reason": reason})
+
+    def failed(self, cause: str) -> None:
+        self._add("export_failures", 1)
+        self._add(f"export_failures_{cause}", 1)
+        self._failures.add(1, {"cause": cause})
+
+    def export_took(self, seconds: float) -> None:
+        self._add("export_calls", 1)
+        self._latency.record(seconds)
+        with self._lock:
+            self._counts["export_seconds_total_us"] += round(seconds * 1e6)
+            self._counts["export_seconds_max_us"] = max(
+                self._counts["export_seconds_max_us"], round(seconds * 1e6)
+            )
+
+    def _add(self, name: str, value: int) -> None:
+        if value:
+            with self._lock:
+                self._counts[name] += value
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
