@@ -288,7 +288,7 @@ class PostgresSpanExporter(SpanExporter):
                     self._metrics.dropped(dropped, "spool_full")
                     self._warnings.warn(
                         "spool_full",
-                        "The spool is full: dropped the %d oldest spooled spans; "
+                        "The spool is full: dropped %d spooled spans, oldest first; "
                         "raise OTEL_EXPORTER_POSTGRES_SPOOL_MAX_MB or fix the database",
                         dropped,
                     )
