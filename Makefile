@@ -12,7 +12,7 @@ VENV_STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := test
-.PHONY: test demo venv lint typecheck format clean
+.PHONY: test demo bench reliability venv lint typecheck format clean
 
 venv: $(VENV_STAMP)
 
@@ -41,6 +41,16 @@ test: lint typecheck
 # what landed in trace_spans.
 demo: $(VENV_STAMP)
 	$(VENV_BIN)/python examples/demo.py
+
+# Side-by-side costs and throughput against the SDK baseline, raw COPY, per-span INSERT and
+# the OTLP exporter; writes benchmarks/results/bench.{json,md}.
+bench: $(VENV_STAMP)
+	$(VENV_BIN)/python benchmarks/bench.py
+
+# The fault scenarios at load: spans produced, stored, spooled, dropped, duplicated, app
+# latency and memory; writes benchmarks/results/reliability.{json,md}.
+reliability: $(VENV_STAMP)
+	$(VENV_BIN)/python benchmarks/reliability.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist

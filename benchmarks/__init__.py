@@ -1,0 +1,1 @@
+"""Benchmarks and load scenarios: `make bench`, `make reliability`."""
