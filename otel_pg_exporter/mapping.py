@@ -39,8 +39,9 @@ _BIGINT_MAX = 2**63 - 1
 _JSON_INT_MAX_BITS = 14_000
 _NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 
-_KIND_NAMES = {kind: kind.name.lower() for kind in SpanKind}
-_STATUS_NAMES = {code: code.name.lower() for code in StatusCode}
+# Keyed by id(): enum members are singletons, and hashing an Enum is a Python-level call.
+_KIND_NAMES = {id(kind): kind.name.lower() for kind in SpanKind}
+_STATUS_NAMES = {id(code): code.name.lower() for code in StatusCode}
 
 
 def _refuse(value: object) -> Any:
@@ -183,6 +184,48 @@ def _attribute_dict(attributes: object) -> dict[str, Any]:
     if isinstance(attributes, Mapping):
         return dict(attributes)
     return {}
+
+
+def _span_fields(span: ReadableSpan) -> tuple[Any, ...]:
+    """What ``to_row`` reads of a span, from the SDK's fields directly when it can.
+
+    The public properties copy attributes, events and links on every access and cost a call
+    each; the fields of an SDK span are read in one dictionary lookup apiece. Spans of other
+    implementations go through the public properties.
+    """
+    fields = getattr(span, "__dict__", None)
+    if fields is not None:
+        try:
+            return (
+                fields["_name"],
+                fields["_context"],
+                fields["_parent"],
+                fields["_kind"],
+                fields["_status"],
+                fields["_start_time"],
+                fields["_end_time"],
+                fields["_resource"],
+                fields["_instrumentation_scope"],
+                fields["_attributes"] or {},
+                fields["_events"],
+                fields["_links"],
+            )
+        except KeyError:
+            pass
+    return (
+        span.name,
+        span.context,
+        span.parent,
+        span.kind,
+        span.status,
+        span.start_time,
+        span.end_time,
+        span.resource,
+        span.instrumentation_scope,
+        span.attributes or {},
+        span.events,
+        span.links,
+    )
 
 
 def _dropped(collection: object) -> int:
@@ -377,36 +420,37 @@ class SpanMapper:
 
     def to_row(self, span: ReadableSpan) -> Row:
         """One staging row for ``span``; never raises for any attribute content."""
-        context = span.context
+        (
+            name,
+            context,
+            parent,
+            kind,
+            status,
+            start,
+            end,
+            resource,
+            scope,
+            raw_attributes,
+            raw_events,
+            raw_links,
+        ) = _span_fields(span)
         if context is None:
             raise ValueError("span has no context")
-        parent = span.parent
-        origin = self._origin(
-            span.resource,
-            span.instrumentation_scope,
-            context.trace_flags,
-            parent is not None and parent.is_remote,
-        )
-        # The SDK's public properties copy attributes, events and links on every access;
-        # read the containers they wrap, falling back to the properties for other spans.
-        raw_attributes = getattr(span, "_attributes", None)
-        attributes = _attribute_dict(raw_attributes or span.attributes)
+        # SpanContext is a tuple: unpacking it costs one step, its properties five calls.
+        trace_id, span_id, _, trace_flags, trace_state, _ = context
+        origin = self._origin(resource, scope, trace_flags, parent is not None and parent.is_remote)
+        attributes = _attribute_dict(raw_attributes)
         if late_attributes:
-            late = late_attributes.pop(context.trace_id, context.span_id)
+            late = late_attributes.pop(trace_id, span_id)
             if late:
                 attributes = {**attributes, **late}
-        raw_events = getattr(span, "_events", None)
-        raw_links = getattr(span, "_links", None)
-        if raw_events is None or raw_links is None:
-            raw_events, raw_links = span.events, span.links
         events = _events_doc(raw_events) if raw_events else None
         links = _links_doc(raw_links) if raw_links else None
 
         otel = None
-        trace_state = context.trace_state
         dropped_attributes = _dropped(raw_attributes)
-        dropped_events = _dropped(raw_events)
-        dropped_links = _dropped(raw_links)
+        dropped_events = _dropped(raw_events) if raw_events else 0
+        dropped_links = _dropped(raw_links) if raw_links else 0
         if trace_state or dropped_attributes or dropped_events or dropped_links:
             otel = dict(origin.otel)
             if trace_state:
@@ -418,8 +462,6 @@ class SpanMapper:
                     "links": dropped_links,
                 }
 
-        name = span.name
-        status = span.status
         status_message = status.description
         metadata, events_json, links_json, otel_json = self._encode_documents(
             attributes, events, links, otel
@@ -435,22 +477,31 @@ class SpanMapper:
                 otel,
                 (metadata, events_json, links_json, otel_json),
             )
-        name = self._label(name)
+        if not (name.isascii() and "\x00" not in name and len(name) <= self.max_value_chars):
+            name = self._label(name)
         if status_message is not None:
             status_message = self._label(status_message)
-        start = _clamp_ns(span.start_time or 0)
+        start = start or 0
+        if not _BIGINT_MIN <= start <= _BIGINT_MAX:
+            start = _clamp_ns(start)
+        end = end or start
+        if not _BIGINT_MIN <= end <= _BIGINT_MAX:
+            end = _clamp_ns(end)
+        execution_id = attributes.get(self.execution_id_attribute)
+        if execution_id is not None:
+            execution_id = execution_id_of(execution_id)
         return (
-            f"{context.trace_id:032x}",
-            f"{context.span_id:016x}",
+            f"{trace_id:032x}",
+            f"{span_id:016x}",
             None if parent is None else f"{parent.span_id:016x}",
             origin.service,
             name,
-            _KIND_NAMES[span.kind],
+            _KIND_NAMES.get(id(kind)) or str(kind.name).lower(),
             start,
-            _clamp_ns(span.end_time) if span.end_time else start,
-            _STATUS_NAMES[status.status_code],
+            end,
+            _STATUS_NAMES.get(id(status.status_code)) or str(status.status_code.name).lower(),
             status_message,
-            execution_id_of(attributes.get(self.execution_id_attribute)),
+            execution_id,
             metadata,
             events_json,
             links_json,
