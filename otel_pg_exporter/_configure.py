@@ -33,6 +33,7 @@ from otel_pg_exporter.config import (
     resolve_flag,
 )
 from otel_pg_exporter.exporter import PostgresSpanExporter
+from otel_pg_exporter.processor import CountingBatchSpanProcessor
 
 if TYPE_CHECKING:
     from otel_pg_exporter.sentry import SentryBridge
@@ -394,7 +395,7 @@ class _BatchOptions:
         return cls(delay, queue, batch)
 
     def processor(self, exporter: PostgresSpanExporter) -> BatchSpanProcessor:
-        return BatchSpanProcessor(
+        return CountingBatchSpanProcessor(
             exporter,
             max_queue_size=self.max_queue_size,
             schedule_delay_millis=self.schedule_delay_millis,

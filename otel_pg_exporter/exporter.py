@@ -181,6 +181,11 @@ class PostgresSpanExporter(SpanExporter):
         return counters
 
     @property
+    def metrics(self) -> ExporterMetrics:
+        """The exporter's counters (``stats()`` reads them)."""
+        return self._metrics
+
+    @property
     def replayer(self) -> Replayer | None:
         """The spool's replay thread, once a spool is open."""
         return self._replayer

@@ -1,0 +1,36 @@
+"""A BatchSpanProcessor that counts the spans it drops because its queue is full."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+
+class CountingBatchSpanProcessor(BatchSpanProcessor):
+    """The SDK's processor; a span arriving at a full queue pushes the oldest one out, and
+    that loss is counted in the exporter's ``spans_dropped_queue_full``.
+
+    The check is one ``len()`` on the application's thread, and only a full queue pays more.
+    """
+
+    def __init__(self, span_exporter: SpanExporter, **options: Any) -> None:
+        super().__init__(span_exporter, **options)
+        queue = getattr(self._batch_processor, "_queue", None)
+        self._queue: deque[Any] | None = queue if isinstance(queue, deque) else None
+        metrics = getattr(span_exporter, "metrics", None)
+        self._count_drop = getattr(metrics, "dropped", None)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        queue = self._queue
+        if (
+            queue is not None
+            and self._count_drop is not None
+            and len(queue) == queue.maxlen
+            and span.context is not None
+            and span.context.trace_flags.sampled
+        ):
+            self._count_drop(1, "queue_full")
+        super().on_end(span)
