@@ -9,6 +9,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 
 import psycopg
@@ -78,6 +79,17 @@ class _RateLimitedWarnings:
             message += " (%d similar warnings suppressed)"
             args = (*args, suppressed)
         logger.warning(message, *args)
+
+
+_exporters: weakref.WeakSet[PostgresSpanExporter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for exporter in list(_exporters):
+        exporter._restart_replay_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _backoff(attempt: int) -> float:
@@ -153,6 +165,21 @@ class PostgresSpanExporter(SpanExporter):
         self._spool_failed = False
         if not self.enabled:
             _say_tracing_is_off()
+        _exporters.add(self)
+
+    def _restart_replay_after_fork(self) -> None:
+        # The replay thread does not survive a fork; the child starts its own at its next
+        # export (the spool already dropped the parent's files and locks).
+        if self._replayer is not None:
+            self._replayer = Replayer(
+                self._spool,  # type: ignore[arg-type]  # set together with the replayer
+                self._writer,
+                self._metrics,
+                timeout_s=self.settings.timeout_s,
+                warn=self._warnings.warn,
+            )
+            if not self._shutdown:
+                self._replayer.start()
 
     def __repr__(self) -> str:
         return f"PostgresSpanExporter({self.settings!r})"
