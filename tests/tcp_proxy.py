@@ -30,6 +30,9 @@ class TcpProxy:
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tcp-proxy", daemon=True)
         self.connections_accepted = 0
+        # Client connections taken from the listener, counted before the upstream connect:
+        # the connection attempts a client made even when the target refuses every one.
+        self.attempts = 0
 
     @property
     def port(self) -> int:
@@ -74,6 +77,7 @@ class TcpProxy:
             client, _ = self._listener.accept()
         except OSError:
             return
+        self.attempts += 1
         try:
             upstream = socket.create_connection(self._target, timeout=5)
         except OSError:
