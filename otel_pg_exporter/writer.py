@@ -143,6 +143,8 @@ def _connection_class(health: _Health) -> type[psycopg.Connection[Any]]:
     """A Connection whose connect() is untraced and reports to ``health``."""
 
     class _ExporterConnection(psycopg.Connection[Any]):
+        _otel_pg_exporter = True  # lets the pool's log filter recognise our connections
+
         @classmethod
         def connect(cls, conninfo: str = "", **kwargs: Any) -> _ExporterConnection:
             with untraced():
@@ -432,6 +434,17 @@ class SpanWriter:
                 kwargs["connect_timeout"] = max(2, round(self._timeout_s))
             if "application_name" not in given:
                 kwargs["application_name"] = APPLICATION_NAME
+            # A silent network must fail a connection the exporter's watchdog does not
+            # guard (the pool's own connection setup): TCP keepalives and a user timeout.
+            for key, value in (
+                ("keepalives", 1),
+                ("keepalives_idle", 5),
+                ("keepalives_interval", 2),
+                ("keepalives_count", 3),
+                ("tcp_user_timeout", max(1000, round(self._timeout_s * 1000))),
+            ):
+                if key not in given:
+                    kwargs[key] = value
             pool: ConnectionPool[Any] = ConnectionPool(
                 self._dsn,
                 connection_class=_connection_class(self._health),
@@ -483,7 +496,11 @@ class _QuietPoolLog(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
-        return not (isinstance(args, tuple) and args and args[0] == POOL_NAME)
+        if not (isinstance(args, tuple) and args) or record.levelno >= logging.ERROR:
+            return True
+        first = args[0]
+        # Messages name our pool, or one of our connections ("discarding closed connection").
+        return not (first == POOL_NAME or getattr(first, "_otel_pg_exporter", False))
 
 
 _pool_logger = logging.getLogger("psycopg.pool")
