@@ -33,7 +33,7 @@ from otel_pg_exporter.config import (
     resolve_flag,
 )
 from otel_pg_exporter.exporter import PostgresSpanExporter
-from otel_pg_exporter.processor import CountingBatchSpanProcessor
+from otel_pg_exporter.processor import DEFAULT_MAX_QUEUE_SIZE, CountingBatchSpanProcessor
 
 if TYPE_CHECKING:
     from otel_pg_exporter.sentry import SentryBridge
@@ -384,7 +384,9 @@ class _BatchOptions:
             return env_value(environ, (variable,), _positive_int, default)
 
         delay = pick("schedule_delay_millis", schedule_delay_millis, OTEL_BSP_SCHEDULE_DELAY, 5000)
-        queue = pick("max_queue_size", max_queue_size, OTEL_BSP_MAX_QUEUE_SIZE, 2048)
+        queue = pick(
+            "max_queue_size", max_queue_size, OTEL_BSP_MAX_QUEUE_SIZE, DEFAULT_MAX_QUEUE_SIZE
+        )
         batch = pick(
             "max_export_batch_size", max_export_batch_size, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, 512
         )

@@ -159,7 +159,8 @@ def _connection_class(health: _Health) -> type[psycopg.Connection[Any]]:
     return _ExporterConnection
 
 
-WATCHDOG_GRACE_S = 1.0
+WATCHDOG_GRACE_S = 0.5
+LOCK_TIMEOUT_MS = 1000
 _WATCHDOG_TICK_S = 0.2
 
 
@@ -357,10 +358,14 @@ class SpanWriter:
         try:
             with conn.transaction(), conn.cursor() as cur:
                 remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
+                # A lock is rarely released soon (migrations, VACUUM FULL, LOCK TABLE): give
+                # up on it early, so the batch goes to the spool instead of holding up the
+                # export thread while the SDK's queue fills.
+                lock_ms = min(remaining_ms, LOCK_TIMEOUT_MS)
                 cur.execute(
                     "SELECT set_config('statement_timeout', %s, true),"
                     " set_config('lock_timeout', %s, true)",
-                    (str(remaining_ms), str(remaining_ms)),
+                    (str(remaining_ms), str(lock_ms)),
                 )
                 with cur.copy(self._copy_sql) as copy:
                     copy.set_types(self._types)
@@ -377,6 +382,9 @@ class SpanWriter:
             raise WriteTimeout(describe(exc)) from exc
         except psycopg.Error as exc:
             if self._watchdog.severed(conn):
+                # A silent network stays silent for a while: fail the next exports at once
+                # (they go to the spool) until the next probe, as for a refused connection.
+                self._health.connect_failed(exc)
                 raise WriteTimeout(
                     f"no answer from the database within {self._timeout_s:g} s "
                     "(network stalled?); the connection was closed"
