@@ -111,11 +111,22 @@ def _dropped(d: dict[str, Any]) -> str:
     return ", ".join(parts) or "0"
 
 
+def reference_baseline(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The no-fault run that latencies are compared with: of the ``baseline*`` runs, the one
+    during which other processes used the least CPU (on a shared machine they inflate p99)."""
+    candidates = [
+        r for r in results if r.get("scenario", "").startswith("baseline") and "error" not in r
+    ]
+    if not candidates:
+        return results[0] if results else {}
+    return min(candidates, key=lambda r: float(r.get("cpu", {}).get("other_cores", 0.0)))
+
+
 def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The issue's targets, each met or missed with the numbers behind it."""
     if not results:
         return []
-    baseline = results[0]
+    baseline = reference_baseline(results)
     figures = {r["scenario"]: derive(r, baseline) for r in results if "error" not in r}
     failed = [r["scenario"] for r in results if "error" in r]
     checks: list[dict[str, Any]] = []
@@ -149,17 +160,18 @@ def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     faults = {name: d for name, d in figures.items() if not name.startswith("baseline")}
     if faults:
         worst = max(faults, key=lambda name: faults[name]["p99_ratio"])
-        noise = figures.get("baseline_repeat")
         checks.append(
             {
                 "target": "app p99 within 5 % of the no-fault run",
                 "met": all(d["p99_ratio"] <= P99_TOLERANCE for d in faults.values()),
                 "detail": ", ".join(f"{name} {d['p99_ratio']:.2f}x" for name, d in faults.items())
                 + f"; worst {worst}"
-                + (
-                    f"; a second no-fault run gave {noise['p99_ratio']:.2f}x"
-                    if noise is not None
-                    else ""
+                + "; the no-fault runs: "
+                + ", ".join(
+                    f"{name} {d['p99_ms']:.2f} ms with {d['cpu'].get('other_cores', 0):.2f} "
+                    "cores used by other processes"
+                    for name, d in figures.items()
+                    if name.startswith("baseline")
                 ),
             }
         )
@@ -202,13 +214,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"export timeout {report['export_timeout_s']:g} s, SDK batch defaults. Machine: "
         f"{machine['cores']} cores, {machine['platform']}, Python {machine['python']}, "
         f"{machine['postgresql']} (fsync on), opentelemetry-sdk {machine['opentelemetry_sdk']}, "
-        f"psycopg {machine['psycopg']}. Whole run: {report['elapsed_s']:.0f} s.",
+        f"psycopg {machine['psycopg']}. Whole run: {report['elapsed_s']:.0f} s. App p99 is "
+        f"compared with {reference_baseline(results).get('scenario', '-')}, the no-fault run "
+        "during which other processes used the least CPU.",
         "",
         "| scenario | produced | stored | lost | spooled → replayed | dropped | duplicates "
         "| app errors | app p99 ms: run / no-fault | peak RSS MB (growth) |",
         "|---|--:|--:|--:|--:|---|--:|--:|--:|--:|",
     ]
-    baseline = results[0] if results else {}
+    baseline = reference_baseline(results)
     for result in results:
         if "error" in result:
             lines.append(f"| {result['scenario']} | did not finish: see the JSON | | | | | | | | |")
@@ -223,7 +237,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         "| scenario | fault | p50 ms | p99 ms before / during / after the fault "
-        "| export ms mean / max | table written again after | replay started after "
+        "| export ms mean / max | exports stored again after | replay started after "
         "| spool drained in | CPU cores: app / PostgreSQL / other processes |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
