@@ -243,7 +243,9 @@ def main(config: dict[str, Any]) -> int:
         return 1
     tracer = handle.provider.get_tracer("benchmarks.reliability")
     sampler.counters = handle.stats
-    emit("configured", exporter=repr(exporter))
+    # Which queue the numbers were measured with (configure()'s default has changed before).
+    queue_size = getattr(getattr(handle.processor, "_queue", None), "maxlen", None)
+    emit("configured", exporter=repr(exporter), max_queue_size=queue_size)
 
     load_started = time.monotonic()
     load.run(tracer, load_started + warmup_s)
@@ -295,6 +297,7 @@ def main(config: dict[str, Any]) -> int:
         rss_peak_after_baseline_kb=sampler.peak_after_baseline_kb,
         vm_hwm_kb=read_status_kb("VmHWM"),
         load_cpu_s=load_cpu_s,
+        max_queue_size=queue_size,
         timeline_columns=["t", "rss_kb", *TIMELINE_COUNTERS],
         timeline=sampler.samples,
         flushed=flushed,

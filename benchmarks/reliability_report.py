@@ -200,6 +200,11 @@ def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return checks
 
 
+def _queue_sizes(results: list[dict[str, Any]]) -> str:
+    sizes = {r.get("app", {}).get("max_queue_size") for r in results if "app" in r}
+    return " / ".join(f"{size:,}" for size in sorted(s for s in sizes if s)) or "?"
+
+
 def _seconds(value: float | None) -> str:
     return "never" if value is None else f"{value:.1f} s"
 
@@ -211,7 +216,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "## Reliability at load" + (" (--quick)" if report["quick"] else ""),
         "",
         f"{report['spans_per_s']:,} spans/s (1,000 requests/s of 5 spans) for each scenario, "
-        f"export timeout {report['export_timeout_s']:g} s, SDK batch defaults. Machine: "
+        f"export timeout {report['export_timeout_s']:g} s, configure()'s batch defaults "
+        f"(queue of {_queue_sizes(results)} spans). Machine: "
         f"{machine['cores']} cores, {machine['platform']}, Python {machine['python']}, "
         f"{machine['postgresql']} (fsync on), opentelemetry-sdk {machine['opentelemetry_sdk']}, "
         f"psycopg {machine['psycopg']}. Whole run: {report['elapsed_s']:.0f} s. App p99 is "
