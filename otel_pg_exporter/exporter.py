@@ -92,6 +92,9 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+_YIELD_EVERY = 32
+
+
 def _backoff(attempt: int) -> float:
     """Full-jitter exponential backoff: 0.1 s, 0.2 s, 0.4 s ... up to 2 s, randomised."""
     return random.uniform(0, min(2.0, 0.1 * 2**attempt))  # noqa: S311 - jitter, not security
@@ -386,11 +389,17 @@ class PostgresSpanExporter(SpanExporter):
 
     def _map(self, spans: Sequence[ReadableSpan]) -> list[Row]:
         to_row = self._mapper.to_row
+        rows: list[Row] = []
         try:
-            return [to_row(span) for span in spans]
+            for start in range(0, len(spans), _YIELD_EVERY):
+                rows.extend([to_row(span) for span in spans[start : start + _YIELD_EVERY]])
+                # Mapping a whole batch is milliseconds of Python holding the GIL; handing it
+                # back every few spans keeps the application's requests from queueing behind.
+                time.sleep(0)
+            return rows
         except Exception:  # noqa: S110 - one odd span must not cost its batch: redo one by one
             pass
-        rows: list[Row] = []
+        rows = []
         for span in spans:
             try:
                 rows.append(to_row(span))
