@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -401,10 +402,37 @@ def server_version(dsn: str) -> str:
     return str(row[0]).split(" on ")[0] if row else "unknown"
 
 
+def package_source() -> dict[str, Any]:
+    """Where otel_pg_exporter was imported from, and the repository's commit: others may
+    change the working tree while a long run goes on (run a snapshot via PYTHONPATH then)."""
+    import otel_pg_exporter
+
+    source: dict[str, Any] = {"path": str(Path(otel_pg_exporter.__file__).parent)}
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "otel_pg_exporter"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return source
+    source["repository_head"] = head
+    source["uncommitted_package_changes"] = bool(changed)
+    return source
+
+
 def machine(cluster: DevCluster) -> dict[str, Any]:
     from importlib.metadata import version
 
     return {
+        "package": package_source(),
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

@@ -200,6 +200,16 @@ def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return checks
 
 
+def _package(machine: dict[str, Any]) -> str:
+    package = machine.get("package", {})
+    text = f"from {package.get('path', '?')}"
+    if "repository_head" in package:
+        text += f", repository at {package['repository_head']}"
+        if package.get("uncommitted_package_changes"):
+            text += " with uncommitted package changes"
+    return text
+
+
 def _queue_sizes(results: list[dict[str, Any]]) -> str:
     sizes = {r.get("app", {}).get("max_queue_size") for r in results if "app" in r}
     return " / ".join(f"{size:,}" for size in sorted(s for s in sizes if s)) or "?"
@@ -220,7 +230,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"(queue of {_queue_sizes(results)} spans). Machine: "
         f"{machine['cores']} cores, {machine['platform']}, Python {machine['python']}, "
         f"{machine['postgresql']} (fsync on), opentelemetry-sdk {machine['opentelemetry_sdk']}, "
-        f"psycopg {machine['psycopg']}. Whole run: {report['elapsed_s']:.0f} s. App p99 is "
+        f"psycopg {machine['psycopg']}, otel_pg_exporter {_package(machine)}. "
+        f"Whole run: {report['elapsed_s']:.0f} s. App p99 is "
         f"compared with {reference_baseline(results).get('scenario', '-')}, the no-fault run "
         "during which other processes used the least CPU.",
         "",
