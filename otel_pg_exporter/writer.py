@@ -58,6 +58,10 @@ class DatabaseUnavailable(WriteError):
 class WriteTimeout(WriteError):
     """The export deadline passed (slow server, lock wait, statement timeout)."""
 
+    # A held lock or a silent network rarely clears within the same export: spool the batch
+    # now rather than spend the rest of the deadline holding up the export thread.
+    transient = False
+
 
 class SchemaProblem(WriteError):
     """The spans table is missing or not writable; retrying will not help."""
@@ -106,20 +110,25 @@ class _Health:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.failure: str | None = None
+        self.kind: type[WriteError] = DatabaseUnavailable
         self.failed_at = 0.0
         self.probe_delay = PROBE_DELAY_MIN_S
         self.next_probe_at = 0.0
 
-    def connect_failed(self, exc: BaseException) -> None:
+    def connect_failed(self, exc: BaseException, kind: type[WriteError] | None = None) -> None:
+        """Fail exports at once until the next probe; ``kind`` is what they raise."""
         now = time.monotonic()
         with self.lock:
             self.failure = describe(exc)
+            self.kind = kind or DatabaseUnavailable
             self.failed_at = now
             jitter = random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not security
             self.next_probe_at = now + self.probe_delay * jitter
             self.probe_delay = min(self.probe_delay * 2, PROBE_DELAY_MAX_S)
 
     def connect_succeeded(self) -> None:
+        if self.failure is None and self.probe_delay == PROBE_DELAY_MIN_S:
+            return  # the common case: nothing to reset, no lock taken
         with self.lock:
             self.failure = None
             self.probe_delay = PROBE_DELAY_MIN_S
@@ -379,12 +388,15 @@ class SpanWriter:
         except _SCHEMA_ERRORS as exc:
             raise SchemaProblem(describe(exc)) from exc
         except _TIMEOUT_ERRORS as exc:
+            # A held lock or an overloaded server does not clear in milliseconds: the next
+            # exports go straight to the spool until the next probe, instead of each waiting.
+            self._health.connect_failed(exc, WriteTimeout)
             raise WriteTimeout(describe(exc)) from exc
         except psycopg.Error as exc:
             if self._watchdog.severed(conn):
                 # A silent network stays silent for a while: fail the next exports at once
                 # (they go to the spool) until the next probe, as for a refused connection.
-                self._health.connect_failed(exc)
+                self._health.connect_failed(exc, WriteTimeout)
                 raise WriteTimeout(
                     f"no answer from the database within {self._timeout_s:g} s "
                     "(network stalled?); the connection was closed"
@@ -393,13 +405,14 @@ class SpanWriter:
         finally:
             self._watchdog.forget(conn)
             self._putconn(conn)
+        self._health.connect_succeeded()
         return WriteOutcome(inserted=inserted, duplicates=len(rows) - inserted)
 
     def _getconn(self, deadline: float) -> psycopg.Connection[Any]:
         start = time.monotonic()
         cause = self._health.down_cause(start)
         if cause is not None:
-            raise DatabaseUnavailable(cause)
+            raise self._health.kind(cause)
         pool = self._open_pool_lazily()
         while True:
             remaining = deadline - time.monotonic()
