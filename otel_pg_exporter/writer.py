@@ -37,7 +37,10 @@ POOL_NAME = "otel_pg_exporter"
 # While the database is down, exports fail at once instead of waiting out their timeout;
 # a new connection attempt is allowed after this delay, doubling up to the maximum.
 PROBE_DELAY_MIN_S = 0.5
-PROBE_DELAY_MAX_S = 30.0
+PROBE_DELAY_MAX_S = 5.0
+# A probe (the first write after a failure) may take this long at most, so that probing a
+# network that is still silent never holds the export thread for a full timeout.
+PROBE_BUDGET_S = 1.0
 _GETCONN_SLICE_S = 0.05
 
 
@@ -330,6 +333,8 @@ class SpanWriter:
         """
         if not rows:
             return WriteOutcome()
+        if self._health.failure is not None:
+            deadline = min(deadline, time.monotonic() + PROBE_BUDGET_S)
         with untraced():
             try:
                 return self._write_batch(rows, deadline)
@@ -476,7 +481,9 @@ class SpanWriter:
                 configure=self._configure_connection,
                 name=POOL_NAME,
                 timeout=self._timeout_s,
-                reconnect_timeout=max(self._timeout_s, PROBE_DELAY_MAX_S),
+                # The pool's own retries stop soon; later attempts follow the exporter's probes,
+                # so a database that is back is found within PROBE_DELAY_MAX_S.
+                reconnect_timeout=self._timeout_s,
                 num_workers=1,
             )
             with untraced():
