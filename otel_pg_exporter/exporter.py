@@ -93,6 +93,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 _YIELD_EVERY = 32
+DIRECT_WRITE_BUDGET_S = 2.0
 
 
 def _backoff(attempt: int) -> float:
@@ -233,7 +234,11 @@ class PostgresSpanExporter(SpanExporter):
         started = time.monotonic()
         with untraced():
             try:
-                return self._export(spans, started + self.settings.timeout_s)
+                # The export thread feeds on the SDK's queue: it may wait on the database at
+                # most DIRECT_WRITE_BUDGET_S, then the batch goes to the spool and the replay
+                # thread takes its time (the full timeout) instead.
+                budget = min(self.settings.timeout_s, DIRECT_WRITE_BUDGET_S)
+                return self._export(spans, started + budget)
             except Exception as exc:  # export() must never raise into the SDK
                 self._warnings.warn(
                     "unexpected", "Dropped %d spans: unexpected %s", len(spans), describe(exc)
