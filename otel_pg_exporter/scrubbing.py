@@ -141,7 +141,9 @@ _BASIC = re.compile(
     re.IGNORECASE | re.ASCII,
 )
 _AWS_ACCESS_KEY = re.compile(r"(?<![A-Z0-9])AKIA[A-Z0-9]{16}(?![A-Z0-9])")
-_DIGIT_RUN = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){12,}")
+# Card numbers stand apart: digits glued to letters are part of an id (a hex event id, a
+# UUID) whose digit runs can pass the Luhn check by chance, and must stay intact.
+_DIGIT_RUN = re.compile(r"(?<![0-9A-Za-z])[0-9](?:[ -]?[0-9]){12,}(?![0-9A-Za-z])")
 _GROUP_SEPARATOR = re.compile(r"[ -]")
 
 # name, optional closing quote (also an escaped one, JSON inside JSON), then ":" or "=".

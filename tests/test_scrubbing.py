@@ -781,3 +781,13 @@ def test_print_fast_path_cost(capsys: pytest.CaptureFixture[str]) -> None:
             f"keys_need_scrubbing + values_might_contain_secret {split:.0f} ns "
             f"(for scale, json.dumps of it: {encoding:.0f} ns)"
         )
+
+
+def test_ids_whose_digit_runs_pass_luhn_are_kept() -> None:
+    """A hex event id or UUID holding a Luhn-valid run of digits is an id, not a card."""
+    scrubber = Scrubber()
+    event_id = "8e4111111111111111ddaf56b838e0c30"
+    uuid_like = "a4111111-1111-1111-1111-111111111111"
+    assert {"sentry.event_id": event_id, "request.id": uuid_like} == scrubber.scrub_mapping(
+        {"sentry.event_id": event_id, "request.id": uuid_like}
+    )
