@@ -167,6 +167,9 @@ class PostgresSpanExporter(SpanExporter):
         self._spool: Spool | None = None
         self._replayer: Replayer | None = None
         self._spool_failed = False
+        # Set when a batch went to the spool, so a successful export wakes the replay thread
+        # without listing the spool folder on every export.
+        self._spooled_since_success = False
         if not self.enabled:
             _say_tracing_is_off()
         _exporters.add(self)
@@ -282,7 +285,9 @@ class PostgresSpanExporter(SpanExporter):
                 outcome.rejected[0][1],
                 _ADVICE["RowRejected"],
             )
-        if replayer is not None and self._spool is not None and self._spool_has_data():
+        if replayer is not None and self._spooled_since_success:
+            # The database answers again: replay now rather than at the next idle check.
+            self._spooled_since_success = False
             replayer.wake()
         if late_attributes:
             self._store_late_attributes(deadline)
@@ -324,6 +329,7 @@ class PostgresSpanExporter(SpanExporter):
             else:
                 fate = "spooled to disk, replayed once the database answers"
                 self._metrics.spooled(len(rows))
+                self._spooled_since_success = True
                 if dropped:
                     self._metrics.dropped(dropped, "spool_full")
                     self._warnings.warn(
@@ -342,10 +348,6 @@ class PostgresSpanExporter(SpanExporter):
             exc.cause,
             _ADVICE.get(kind, "see the cause above"),
         )
-
-    def _spool_has_data(self) -> bool:
-        spool = self._spool
-        return spool is not None and spool.pending().segments > 0
 
     def _open_spool_lazily(self) -> Replayer | None:
         """Open the spool and start its replay thread at the first export (not before: the
