@@ -1,9 +1,15 @@
 """Part 3: sustained spans per second committed by one process, three ways, run by run:
 
-- ``exporter``: ``PostgresSpanExporter.export()`` of pre-built ReadableSpans, 512 per call;
+- ``exporter``: ``PostgresSpanExporter.export()`` of pre-built ReadableSpans, 512 per call,
+  with the sender thread (as behind ``configure()``, the CLI and ``CountingBatchSpanProcessor``),
+  timed until ``force_flush()`` says every span is committed;
+- ``exporter_direct``: the same without the sender thread (as behind the SDK's own
+  ``BatchSpanProcessor``): each ``export()`` commits its batch before it returns;
 - ``raw``: the raw limit, psycopg alone: binary COPY of the same rows, mapped beforehand,
   into the writer's temporary stage and ``INSERT ... ON CONFLICT DO NOTHING`` with the
   writer's own SQL, one transaction per 512 rows;
+- ``raw_joined``: the same with one transaction per 2,048 rows, the most the sender thread
+  joins into one COPY when batches wait for it: the raw limit of the exporter's own path;
 - ``per_span_insert``: the risk review's approach, one INSERT and commit per span (rows
   mapped beforehand, so it is not charged for mapping).
 """
@@ -22,10 +28,11 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from psycopg import sql
 
-from benchmarks.bench_common import batches, part_main, sdk_spans, with_new_ids
+from benchmarks.bench_common import BATCH_SIZE, batches, part_main, sdk_spans, with_new_ids
 from otel_pg_exporter import PostgresSpanExporter
 from otel_pg_exporter.mapping import SpanMapper
 from otel_pg_exporter.rows import Row
+from otel_pg_exporter.sender import MAX_BATCH_ROWS
 from otel_pg_exporter.writer import SpanWriter
 
 TABLE = "trace_spans"
@@ -112,6 +119,8 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     rng = random.Random(3)
     template = sdk_spans(config["spans"])
     exporter = PostgresSpanExporter(dsn, enabled=True)
+    exporter.use_sender_thread()
+    direct = PostgresSpanExporter(dsn, enabled=True)
     settings = exporter.settings
     mapper = SpanMapper(
         scrubber=exporter.scrubber,
@@ -126,9 +135,16 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         for batch in batches(spans):
             if exporter.export(batch) is not SpanExportResult.SUCCESS:
                 raise RuntimeError("export() failed")
+        if not exporter.force_flush():
+            raise RuntimeError("force_flush() failed")
 
-    def copy_all(rows: Sequence[Row]) -> None:
-        for batch in batches(rows):
+    def export_direct(spans: Sequence[ReadableSpan]) -> None:
+        for batch in batches(spans):
+            if direct.export(batch) is not SpanExportResult.SUCCESS:
+                raise RuntimeError("export() failed")
+
+    def copy_all(rows: Sequence[Row], size: int = BATCH_SIZE) -> None:
+        for batch in batches(rows, size):
             raw.write(batch)
 
     def insert_all(rows: Sequence[Row]) -> None:
@@ -137,28 +153,40 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
 
     # Warm up all three paths (pool, prepared statements, caches).
     export_all(with_new_ids(template[:1024], rng))
+    export_direct(with_new_ids(template[:1024], rng))
     copy_all([mapper.to_row(span) for span in with_new_ids(template[:1024], rng)])
     insert_all([mapper.to_row(span) for span in with_new_ids(template[:50], rng)])
 
     rows_before = count_rows(dsn)
-    rates: dict[str, list[float]] = {"exporter": [], "raw": [], "per_span_insert": []}
+    rates: dict[str, list[float]] = {
+        "exporter": [],
+        "exporter_direct": [],
+        "raw": [],
+        "raw_joined": [],
+        "per_span_insert": [],
+    }
     inserts_n = config["insert_spans"]
     for run_number in range(config["runs"]):
         spans = with_new_ids(template, rng)
+        direct_spans = with_new_ids(template, rng)
         copy_rows = [mapper.to_row(span) for span in with_new_ids(template, rng)]
+        joined_rows = [mapper.to_row(span) for span in with_new_ids(template, rng)]
         insert_rows = [mapper.to_row(span) for span in with_new_ids(template[:inserts_n], rng)]
         work: list[tuple[str, int, Callable[[], None]]] = [
             ("exporter", len(spans), partial(export_all, spans)),
+            ("exporter_direct", len(direct_spans), partial(export_direct, direct_spans)),
             ("raw", len(copy_rows), partial(copy_all, copy_rows)),
+            ("raw_joined", len(joined_rows), partial(copy_all, joined_rows, MAX_BATCH_ROWS)),
             ("per_span_insert", len(insert_rows), partial(insert_all, insert_rows)),
         ]
         shift = run_number % len(work)
         for name, count, job in work[shift:] + work[:shift]:
             rates[name].append(count / timed(job))
     committed = count_rows(dsn) - rows_before
-    expected = config["runs"] * (2 * len(template) + inserts_n)
+    expected = config["runs"] * (4 * len(template) + inserts_n)
     stats = exporter.stats()
     exporter.shutdown()
+    direct.shutdown()
     raw.close()
     single.close()
     return {

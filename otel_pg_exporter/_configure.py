@@ -76,7 +76,7 @@ class Handle:
         return f"Handle(enabled={self.enabled}, exporter={self.exporter!r})"
 
     def force_flush(self, timeout: float = 30.0) -> bool:
-        """Export every finished span now; True when all were handed to the exporter."""
+        """Export every finished span now; True when all are stored in PostgreSQL."""
         if self._shutdown:
             return True
         if self.sentry is not None:

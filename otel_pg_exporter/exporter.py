@@ -28,6 +28,7 @@ from otel_pg_exporter.mapping import SpanMapper, late_attributes
 from otel_pg_exporter.metrics import ExporterMetrics
 from otel_pg_exporter.replay import Replayer
 from otel_pg_exporter.rows import Row
+from otel_pg_exporter.sender import Sender
 from otel_pg_exporter.spool import Spool, SpoolError
 from otel_pg_exporter.writer import SpanWriter, WriteError, describe
 
@@ -44,7 +45,15 @@ _ADVICE = {
     "or check OTEL_EXPORTER_POSTGRES_SCHEMA / _TABLE and the user's privileges",
     "ConfigurationProblem": "fix OTEL_EXPORTER_POSTGRES_DSN (or DATABASE_URL)",
     "RowRejected": "the rest of the batch was stored; please report the cause",
+    "SenderBusy": "PostgreSQL has not finished the earlier batches; "
+    "they are stored or spooled once it answers or OTEL_EXPORTER_POSTGRES_TIMEOUT passes",
 }
+
+
+class SenderBusy(WriteError):
+    """The sender is still waiting on PostgreSQL for earlier batches."""
+
+    transient = False
 
 
 _said_off = threading.Event()
@@ -86,14 +95,23 @@ _exporters: weakref.WeakSet[PostgresSpanExporter] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     for exporter in list(_exporters):
-        exporter._restart_replay_after_fork()
+        exporter._restart_after_fork()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 _YIELD_EVERY = 32
+# With use_sender_thread(), the export thread hands each mapped batch to the sender; when
+# the sender has not made room for it within this time, the batch goes to the spool instead
+# (and the next ones at once, until the sender finishes its current batch). The SDK's queue
+# holds 8,192 spans, over 1.5 s at 5,000 spans/s, so a stalled database never overflows it.
+HANDOFF_WAIT_S = 0.5
+# Without the sender thread, export() waits on the database at most this long per batch.
 DIRECT_WRITE_BUDGET_S = 2.0
+# shutdown() waits this long at most for the sender, then spools what it still holds, so a
+# process exits promptly even when the database stopped answering.
+SHUTDOWN_WAIT_S = 3.0
 
 
 def _backoff(attempt: int) -> float:
@@ -170,13 +188,16 @@ class PostgresSpanExporter(SpanExporter):
         # Set when a batch went to the spool, so a successful export wakes the replay thread
         # without listing the spool folder on every export.
         self._spooled_since_success = False
+        self._sender = Sender(self._deliver)
+        self._pipelined = False
         if not self.enabled:
             _say_tracing_is_off()
         _exporters.add(self)
 
-    def _restart_replay_after_fork(self) -> None:
-        # The replay thread does not survive a fork; the child starts its own at its next
-        # export (the spool already dropped the parent's files and locks).
+    def _restart_after_fork(self) -> None:
+        # The sender and replay threads do not survive a fork; the child starts its own at its
+        # next export (the spool already dropped the parent's files and locks).
+        self._sender.after_fork_in_child()
         if self._replayer is not None:
             self._replayer = Replayer(
                 self._spool,  # type: ignore[arg-type]  # set together with the replayer
@@ -224,11 +245,25 @@ class PostgresSpanExporter(SpanExporter):
         """The spool's replay thread, once a spool is open."""
         return self._replayer
 
+    def use_sender_thread(self) -> None:
+        """From now on, store batches on a sender thread of the exporter's own.
+
+        ``export()`` then maps the batch, hands it over and returns, so that mapping the next
+        batch overlaps storing this one, and a database that stops answering holds the
+        export thread for ``HANDOFF_WAIT_S`` at most. Only for a processor whose
+        ``force_flush()`` also flushes the exporter: ``CountingBatchSpanProcessor`` does, and
+        turns this on itself; the SDK's ``BatchSpanProcessor`` would report a flush done
+        before the spans are stored.
+        """
+        self._pipelined = True
+
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Store ``spans``: SUCCESS when every span is in the table (or already was).
 
         A batch the database cannot take now goes to the disk spool (FAILURE: not stored
-        yet) and is replayed in the background once the database answers.
+        yet) and is replayed in the background once the database answers. With
+        ``use_sender_thread()``, SUCCESS means mapped and handed to the sender, and
+        ``force_flush()`` says whether everything handed over is stored.
         """
         if self._shutdown:
             return SpanExportResult.FAILURE
@@ -237,11 +272,7 @@ class PostgresSpanExporter(SpanExporter):
         started = time.monotonic()
         with untraced():
             try:
-                # The export thread feeds on the SDK's queue: it may wait on the database at
-                # most DIRECT_WRITE_BUDGET_S, then the batch goes to the spool and the replay
-                # thread takes its time (the full timeout) instead.
-                budget = min(self.settings.timeout_s, DIRECT_WRITE_BUDGET_S)
-                return self._export(spans, started + budget)
+                return self._export(spans, started)
             except Exception as exc:  # export() must never raise into the SDK
                 self._warnings.warn(
                     "unexpected", "Dropped %d spans: unexpected %s", len(spans), describe(exc)
@@ -252,11 +283,47 @@ class PostgresSpanExporter(SpanExporter):
             finally:
                 self._metrics.export_took(time.monotonic() - started)
 
-    def _export(self, spans: Sequence[ReadableSpan], deadline: float) -> SpanExportResult:
+    def _export(self, spans: Sequence[ReadableSpan], started: float) -> SpanExportResult:
         rows = self._map(spans)
         unmappable = len(spans) - len(rows)
         self._metrics.dropped(unmappable, "rejected")
-        replayer = self._open_spool_lazily()
+        self._open_spool_lazily()
+        if not rows:
+            return SpanExportResult.FAILURE
+        if self._pipelined:
+            handed_over = self._sender.submit(rows, HANDOFF_WAIT_S)
+            if not handed_over:
+                busy = SenderBusy(f"no answer from PostgreSQL for over {HANDOFF_WAIT_S:g} s")
+                self._not_stored(rows, busy)
+            stored = handed_over
+        else:
+            # The export thread feeds on the SDK's queue: it waits on the database at most
+            # DIRECT_WRITE_BUDGET_S, then the batch goes to the spool and the replay thread
+            # takes its time (the full timeout) instead.
+            budget = min(self.settings.timeout_s, DIRECT_WRITE_BUDGET_S)
+            stored = self._write(rows, started + budget)
+        if stored and not unmappable:
+            return SpanExportResult.SUCCESS
+        return SpanExportResult.FAILURE
+
+    def _deliver(self, rows: list[Row]) -> bool:
+        """Store one batch on the sender thread, which may take the full timeout: nothing
+        waits for it but ``force_flush``."""
+        with untraced():
+            try:
+                return self._write(rows, time.monotonic() + self.settings.timeout_s)
+            except Exception as exc:  # the sender thread must keep going
+                self._warnings.warn(
+                    "unexpected", "Dropped %d spans: unexpected %s", len(rows), describe(exc)
+                )
+                self._metrics.failed("unexpected")
+                self._metrics.dropped(len(rows), "unexpected")
+                return False
+
+    def _write(self, rows: list[Row], deadline: float) -> bool:
+        """Store ``rows``, True when every one is in the table. Transient failures are
+        retried with jittered backoff until ``deadline``; a batch the database does not take
+        goes to the spool."""
         attempt = 0
         while True:
             try:
@@ -272,8 +339,10 @@ class PostgresSpanExporter(SpanExporter):
                 if retry and not self._stopping.wait(delay):
                     attempt += 1
                     continue
-                self._not_stored(rows, exc)
-                return SpanExportResult.FAILURE
+                if not self._stopping.is_set():
+                    self._not_stored(rows, exc)
+                # else: shutdown() gave up waiting for this batch and spooled it already
+                return False
         self._metrics.exported(outcome.inserted, outcome.duplicates)
         self._metrics.dropped(len(outcome.rejected), "rejected")
         if outcome.rejected:
@@ -281,18 +350,18 @@ class PostgresSpanExporter(SpanExporter):
                 "RowRejected",
                 "PostgreSQL refused %d of %d spans (first: %s); %s",
                 len(outcome.rejected),
-                len(spans),
+                len(rows),
                 outcome.rejected[0][1],
                 _ADVICE["RowRejected"],
             )
+        replayer = self._replayer
         if replayer is not None and self._spooled_since_success:
             # The database answers again: replay now rather than at the next idle check.
             self._spooled_since_success = False
             replayer.wake()
         if late_attributes:
             self._store_late_attributes(deadline)
-        failed = outcome.rejected or unmappable
-        return SpanExportResult.FAILURE if failed else SpanExportResult.SUCCESS
+        return not outcome.rejected
 
     def _store_late_attributes(self, deadline: float) -> None:
         """Attributes that arrived after their span was exported: update the stored rows."""
@@ -415,22 +484,34 @@ class PostgresSpanExporter(SpanExporter):
         return rows
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        """Nothing is buffered between calls: every export() has finished when it returns;
-        attributes that arrived after their span was stored are written now."""
+        """Wait until every batch handed to the sender is stored or spooled, and write the
+        attributes that arrived after their span was stored. True when all batches since the
+        last flush are in the table (none spooled, dropped or still pending)."""
         if self._shutdown:
             return False
-        if late_attributes and self.enabled:
+        if not self.enabled:
+            return True
+        deadline = time.monotonic() + timeout_millis / 1000
+        stored = self._sender.flush(timeout_millis / 1000)
+        if late_attributes:
             with untraced():
-                self._store_late_attributes(time.monotonic() + timeout_millis / 1000)
-        return True
+                self._store_late_attributes(deadline)
+        return stored
 
     def shutdown(self) -> None:
-        """Stop the replay thread, close the spool (its files stay for the next process) and
-        the connection pool; idempotent. Later exports return FAILURE."""
+        """Store what the sender holds (within the timeout; the rest is spooled), stop the
+        replay thread, close the spool (its files stay for the next process) and the
+        connection pool; idempotent. Later exports return FAILURE."""
         if self._shutdown:
             return
         self._shutdown = True
+        wait_s = min(self.settings.timeout_s, SHUTDOWN_WAIT_S)
+        left = self._sender.stop(wait_s)
         self._stopping.set()
+        if left:
+            self._open_spool_lazily()
+            for rows in left:
+                self._not_stored(rows, SenderBusy(f"not stored within {wait_s:g} s of shutdown"))
         if late_attributes and self.enabled:
             with untraced():
                 self._store_late_attributes(time.monotonic() + self.settings.timeout_s)

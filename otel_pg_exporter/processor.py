@@ -1,8 +1,10 @@
-"""A BatchSpanProcessor that counts the spans it drops because its queue is full."""
+"""A BatchSpanProcessor that counts the spans it drops because its queue is full and lets
+the PostgreSQL exporter store batches on a sender thread of its own."""
 
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from typing import Any
 
@@ -14,8 +16,14 @@ DEFAULT_MAX_QUEUE_SIZE = 8192
 
 
 class CountingBatchSpanProcessor(BatchSpanProcessor):
-    """The SDK's processor; a span arriving at a full queue pushes the oldest one out, and
-    that loss is counted in the exporter's ``spans_dropped_queue_full``.
+    """The SDK's processor, with two additions for ``PostgresSpanExporter``.
+
+    Its ``force_flush`` also flushes the exporter, so it turns on the exporter's sender
+    thread (``use_sender_thread``): the export thread maps the next batch while PostgreSQL
+    stores the last one, and a flush still returns only once the spans are stored.
+
+    A span arriving at a full queue pushes the oldest one out, and that loss is counted in
+    the exporter's ``spans_dropped_queue_full``.
 
     The check is one ``len()`` on the application's thread, and only a full queue pays more.
     It runs just before the span enters the queue, so when the export thread takes a batch at
@@ -28,6 +36,10 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
             # waiting on a checkpoint, a lock given up after 1 s) needs a little more.
             options["max_queue_size"] = DEFAULT_MAX_QUEUE_SIZE
         super().__init__(span_exporter, **options)
+        self._exporter = span_exporter
+        use_sender_thread = getattr(span_exporter, "use_sender_thread", None)
+        if callable(use_sender_thread):
+            use_sender_thread()
         queue = getattr(self._batch_processor, "_queue", None)
         self._queue: deque[Any] | None = queue if isinstance(queue, deque) else None
         metrics = getattr(span_exporter, "metrics", None)
@@ -44,3 +56,12 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         ):
             self._count_drop(1, "queue_full")
         super().on_end(span)
+
+    def force_flush(self, timeout_millis: int | None = None) -> bool:
+        """Export every queued span, then wait (within the timeout) until the exporter has
+        stored them: True when all are in the table."""
+        timeout_millis = 30_000 if timeout_millis is None else timeout_millis
+        started = time.monotonic()
+        queued_out = super().force_flush(timeout_millis)
+        left_ms = max(0, timeout_millis - int((time.monotonic() - started) * 1000))
+        return self._exporter.force_flush(left_ms) and queued_out

@@ -307,7 +307,8 @@ def test_the_connection_probe_sees_an_enabled_exporter(listener: ConnectionCount
         ENABLE_DB_TRACING="true",
         OTEL_EXPORTER_POSTGRES_TIMEOUT="1",
     )
-    assert {"enabled": True, "flushed": True} == result
+    # The listener is no PostgreSQL: the spans are not stored, and the flush says so.
+    assert {"enabled": True, "flushed": False} == result
     assert 1 <= listener.close()
 
 
