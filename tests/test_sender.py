@@ -223,7 +223,9 @@ def test_the_plain_sdk_processor_keeps_export_synchronous(migrated_dsn: str) -> 
 @pytest.fixture
 def proxied(migrated_dsn: str) -> Iterator[tuple[TcpProxy, str]]:
     params = conninfo_to_dict(migrated_dsn)
-    with TcpProxy(str(params.get("host", "127.0.0.1")), int(str(params.get("port", 5432)))) as proxy:
+    with TcpProxy(
+        str(params.get("host", "127.0.0.1")), int(str(params.get("port", 5432)))
+    ) as proxy:
         yield proxy, make_conninfo(migrated_dsn, host="127.0.0.1", port=proxy.port)
 
 
