@@ -1,10 +1,14 @@
 """Fault tests: an app keeps making spans while PostgreSQL fails under it, and loses none.
 
-The app is real: a ``TracerProvider`` with a ``BatchSpanProcessor`` in front of
+The app is real: a ``TracerProvider`` with a batch processor in front of
 ``PostgresSpanExporter``, and a thread that makes spans in a loop, each with a unique integer
 attribute ``seq``. While it runs, the database is stopped, crashed, has its sessions killed, its
 table locked, its network stalled, or the disk spool fills up; afterwards every span made is in
 ``trace_spans`` exactly once, or counted in ``stats()`` as dropped for a stated reason.
+
+Each app test runs twice: behind the SDK's ``BatchSpanProcessor`` (the export thread writes)
+and behind ``CountingBatchSpanProcessor`` (the exporter's sender thread writes, as under
+``configure()`` and the CLI).
 
 The server is a cluster of this module's own, since the tests stop and restart it.
 """
@@ -36,6 +40,7 @@ from tcp_proxy import TcpProxy
 from otel_pg_exporter import PostgresSpanExporter
 from otel_pg_exporter.devdb import DevCluster
 from otel_pg_exporter.migrations import migrate
+from otel_pg_exporter.processor import CountingBatchSpanProcessor
 from otel_pg_exporter.writer import APPLICATION_NAME
 
 pytestmark = pytest.mark.slow
@@ -95,11 +100,17 @@ class TimedExporter(PostgresSpanExporter):
 class App:
     """A traced application: a thread making one span per iteration until ``stop()``."""
 
-    def __init__(self, exporter: TimedExporter, *, payload_chars: int = 0) -> None:
+    def __init__(
+        self,
+        exporter: TimedExporter,
+        *,
+        payload_chars: int = 0,
+        processor_class: type[BatchSpanProcessor] = BatchSpanProcessor,
+    ) -> None:
         self.exporter = exporter
         self.provider = TracerProvider(resource=Resource.create({"service.name": SERVICE}))
         # A queue large enough never to drop: the drops under test are the exporter's.
-        processor = BatchSpanProcessor(exporter, schedule_delay_millis=50, max_queue_size=1_000_000)
+        processor = processor_class(exporter, schedule_delay_millis=50, max_queue_size=1_000_000)
         self.provider.add_span_processor(processor)
         self._tracer = self.provider.get_tracer("tests.test_faults")
         self._payload = "p" * payload_chars
@@ -170,8 +181,17 @@ class App:
 AppFactory = Callable[..., App]
 
 
+@pytest.fixture(
+    params=[BatchSpanProcessor, CountingBatchSpanProcessor], ids=["direct", "sender-thread"]
+)
+def processor_class(request: pytest.FixtureRequest) -> type[BatchSpanProcessor]:
+    """Writes from the export thread (the SDK's processor) or from the sender thread (ours)."""
+    processor: type[BatchSpanProcessor] = request.param
+    return processor
+
+
 @pytest.fixture
-def make_app(tmp_path: Path) -> Iterator[AppFactory]:
+def make_app(tmp_path: Path, processor_class: type[BatchSpanProcessor]) -> Iterator[AppFactory]:
     """Builds apps around a TimedExporter with its own spool folder; shuts them all down."""
     made: list[App] = []
 
@@ -179,7 +199,7 @@ def make_app(tmp_path: Path) -> Iterator[AppFactory]:
         options: dict[str, Any] = {"timeout": 2, "spool_dir": str(tmp_path / "spool")}
         options.update(exporter_options)
         exporter = TimedExporter(dsn, enabled=True, **options)
-        app = App(exporter, payload_chars=payload_chars)
+        app = App(exporter, payload_chars=payload_chars, processor_class=processor_class)
         made.append(app)
         return app
 
