@@ -490,10 +490,11 @@ class SpanMapper:
         execution_id = attributes.get(self.execution_id_attribute)
         if execution_id is not None:
             execution_id = execution_id_of(execution_id)
+        # printf-style formatting takes half the time of an f-string with a format spec.
         return (
-            f"{trace_id:032x}",
-            f"{span_id:016x}",
-            None if parent is None else f"{parent.span_id:016x}",
+            "%032x" % trace_id,  # noqa: UP031
+            "%016x" % span_id,  # noqa: UP031
+            None if parent is None else "%016x" % parent.span_id,  # noqa: UP031
             origin.service,
             name,
             _KIND_NAMES.get(id(kind)) or str(kind.name).lower(),
