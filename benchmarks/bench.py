@@ -446,6 +446,25 @@ def part_end_to_end(
                 series(mode, "server_cpu_ms_per_request"),
                 "ms",
             ),
+            Line(
+                "4",
+                f"{label}:   of which the event loop's thread",
+                series(mode, "main_thread_cpu_ms_per_request"),
+                "ms",
+            ),
+            Line(
+                "4",
+                f"{label}:   of which the other threads (export, sender, replay)",
+                [
+                    total - main
+                    for total, main in zip(
+                        series(mode, "server_cpu_ms_per_request"),
+                        series(mode, "main_thread_cpu_ms_per_request"),
+                        strict=True,
+                    )
+                ],
+                "ms",
+            ),
         )
     off_rps, off_p99 = series("off", "requests_per_s"), series("off", "p99_ms")
     for mode in ("up", "down", "sdk"):
