@@ -311,7 +311,8 @@ class PostgresSpanExporter(SpanExporter):
         waits for it but ``force_flush``."""
         with untraced():
             try:
-                return self._write(rows, time.monotonic() + self.settings.timeout_s)
+                deadline = time.monotonic() + self.settings.timeout_s
+                return self._write(rows, deadline, taken_back_on_shutdown=True)
             except Exception as exc:  # the sender thread must keep going
                 self._warnings.warn(
                     "unexpected", "Dropped %d spans: unexpected %s", len(rows), describe(exc)
@@ -320,10 +321,13 @@ class PostgresSpanExporter(SpanExporter):
                 self._metrics.dropped(len(rows), "unexpected")
                 return False
 
-    def _write(self, rows: list[Row], deadline: float) -> bool:
+    def _write(
+        self, rows: list[Row], deadline: float, *, taken_back_on_shutdown: bool = False
+    ) -> bool:
         """Store ``rows``, True when every one is in the table. Transient failures are
         retried with jittered backoff until ``deadline``; a batch the database does not take
-        goes to the spool."""
+        goes to the spool (unless ``taken_back_on_shutdown`` and shutdown has begun: it
+        spooled the sender's batches itself)."""
         attempt = 0
         while True:
             try:
@@ -339,9 +343,8 @@ class PostgresSpanExporter(SpanExporter):
                 if retry and not self._stopping.wait(delay):
                     attempt += 1
                     continue
-                if not self._stopping.is_set():
+                if not (taken_back_on_shutdown and self._stopping.is_set()):
                     self._not_stored(rows, exc)
-                # else: shutdown() gave up waiting for this batch and spooled it already
                 return False
         self._metrics.exported(outcome.inserted, outcome.duplicates)
         self._metrics.dropped(len(outcome.rejected), "rejected")
