@@ -226,6 +226,8 @@ class PostgresSpanExporter(SpanExporter):
         }
         counters.update(self._metrics.snapshot())
         counters["spans_rejected"] = counters.get("spans_dropped_rejected", 0)
+        if self._pipelined:
+            counters["sender_rows_in_hand"] = self._sender.rows_in_hand
         spool = self._spool
         if spool is not None:
             pending = spool.pending()

@@ -58,6 +58,13 @@ class Sender:
         self._stopping = False
         self._thread: threading.Thread | None = None
 
+    @property
+    def rows_in_hand(self) -> int:
+        """Rows handed over and not yet stored or spooled (waiting, or being written)."""
+        with self._cond:
+            inflight = self._inflight
+            return self._pending_rows + (len(inflight) if inflight is not None else 0)
+
     def after_fork_in_child(self) -> None:
         """A fresh, idle sender: the parent's thread did not survive the fork, and the parent
         still stores the batches it had handed over."""

@@ -102,6 +102,7 @@ def test_a_stuck_sender_refuses_after_the_wait_then_at_once_until_it_moves() -> 
     assert recorder.entered.wait(5)
     assert sender.submit(rows(10, first=100), wait_s=1)  # waits behind it
 
+    assert 20 == sender.rows_in_hand
     assert not sender.submit(rows(10, first=200), wait_s=0.2)
     started = time.monotonic()
     refused = [sender.submit(rows(1, first=300 + n), wait_s=30) for n in range(5)]
@@ -201,6 +202,7 @@ def test_the_processor_turns_the_sender_on_and_its_flush_waits_for_the_table(
         assert provider.force_flush(30_000)
         assert 5000 == count_rows(migrated_dsn)
         stats = exporter.stats()
+        assert 0 == stats["sender_rows_in_hand"]
         assert (5000, 0, 0) == (
             stats["spans_exported"],
             stats["spans_failed"],
