@@ -131,17 +131,13 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     raw = RawCopy(dsn)
     single = PerSpanInsert(dsn)
 
-    def export_all(spans: Sequence[ReadableSpan]) -> None:
+    def export_all(target: PostgresSpanExporter, spans: Sequence[ReadableSpan]) -> None:
+        """Every batch exported and, with the sender thread, committed (force_flush)."""
         for batch in batches(spans):
-            if exporter.export(batch) is not SpanExportResult.SUCCESS:
+            if target.export(batch) is not SpanExportResult.SUCCESS:
                 raise RuntimeError("export() failed")
-        if not exporter.force_flush():
+        if not target.force_flush():
             raise RuntimeError("force_flush() failed")
-
-    def export_direct(spans: Sequence[ReadableSpan]) -> None:
-        for batch in batches(spans):
-            if direct.export(batch) is not SpanExportResult.SUCCESS:
-                raise RuntimeError("export() failed")
 
     def copy_all(rows: Sequence[Row], size: int = BATCH_SIZE) -> None:
         for batch in batches(rows, size):
@@ -152,8 +148,8 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
             single.write(row)
 
     # Warm up all three paths (pool, prepared statements, caches).
-    export_all(with_new_ids(template[:1024], rng))
-    export_direct(with_new_ids(template[:1024], rng))
+    export_all(exporter, with_new_ids(template[:1024], rng))
+    export_all(direct, with_new_ids(template[:1024], rng))
     copy_all([mapper.to_row(span) for span in with_new_ids(template[:1024], rng)])
     insert_all([mapper.to_row(span) for span in with_new_ids(template[:50], rng)])
 
@@ -173,8 +169,8 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         joined_rows = [mapper.to_row(span) for span in with_new_ids(template, rng)]
         insert_rows = [mapper.to_row(span) for span in with_new_ids(template[:inserts_n], rng)]
         work: list[tuple[str, int, Callable[[], None]]] = [
-            ("exporter", len(spans), partial(export_all, spans)),
-            ("exporter_direct", len(direct_spans), partial(export_direct, direct_spans)),
+            ("exporter", len(spans), partial(export_all, exporter, spans)),
+            ("exporter_direct", len(direct_spans), partial(export_all, direct, direct_spans)),
             ("raw", len(copy_rows), partial(copy_all, copy_rows)),
             ("raw_joined", len(joined_rows), partial(copy_all, joined_rows, MAX_BATCH_ROWS)),
             ("per_span_insert", len(insert_rows), partial(insert_all, insert_rows)),

@@ -276,11 +276,7 @@ class PostgresSpanExporter(SpanExporter):
             try:
                 return self._export(spans, started)
             except Exception as exc:  # export() must never raise into the SDK
-                self._warnings.warn(
-                    "unexpected", "Dropped %d spans: unexpected %s", len(spans), describe(exc)
-                )
-                self._metrics.failed("unexpected")
-                self._metrics.dropped(len(spans), "unexpected")
+                self._dropped_unexpectedly(len(spans), exc)
                 return SpanExportResult.FAILURE
             finally:
                 self._metrics.export_took(time.monotonic() - started)
@@ -298,10 +294,7 @@ class PostgresSpanExporter(SpanExporter):
                 busy = SenderBusy(f"no answer from PostgreSQL for over {HANDOFF_WAIT_S:g} s")
                 self._not_stored(rows, busy)
             stored = handed_over
-        else:
-            # The export thread feeds on the SDK's queue: it waits on the database at most
-            # DIRECT_WRITE_BUDGET_S, then the batch goes to the spool and the replay thread
-            # takes its time (the full timeout) instead.
+        else:  # a batch not stored within the budget is spooled; the replay takes its time
             budget = min(self.settings.timeout_s, DIRECT_WRITE_BUDGET_S)
             stored = self._write(rows, started + budget)
         if stored and not unmappable:
@@ -316,12 +309,13 @@ class PostgresSpanExporter(SpanExporter):
                 deadline = time.monotonic() + self.settings.timeout_s
                 return self._write(rows, deadline, taken_back_on_shutdown=True)
             except Exception as exc:  # the sender thread must keep going
-                self._warnings.warn(
-                    "unexpected", "Dropped %d spans: unexpected %s", len(rows), describe(exc)
-                )
-                self._metrics.failed("unexpected")
-                self._metrics.dropped(len(rows), "unexpected")
+                self._dropped_unexpectedly(len(rows), exc)
                 return False
+
+    def _dropped_unexpectedly(self, count: int, exc: Exception) -> None:
+        self._warnings.warn("unexpected", "Dropped %d spans: unexpected %s", count, describe(exc))
+        self._metrics.failed("unexpected")
+        self._metrics.dropped(count, "unexpected")
 
     def _write(
         self, rows: list[Row], deadline: float, *, taken_back_on_shutdown: bool = False
@@ -513,10 +507,8 @@ class PostgresSpanExporter(SpanExporter):
         wait_s = min(self.settings.timeout_s, SHUTDOWN_WAIT_S)
         left = self._sender.stop(wait_s)
         self._stopping.set()
-        if left:
-            self._open_spool_lazily()
-            for rows in left:
-                self._not_stored(rows, SenderBusy(f"not stored within {wait_s:g} s of shutdown"))
+        for rows in left:  # handed over by export(), which opened the spool
+            self._not_stored(rows, SenderBusy(f"not stored within {wait_s:g} s of shutdown"))
         if late_attributes and self.enabled:
             with untraced():
                 self._store_late_attributes(time.monotonic() + self.settings.timeout_s)

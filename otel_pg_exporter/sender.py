@@ -137,12 +137,9 @@ class Sender:
                 if not self._pending:
                     return
                 rows = self._pending.popleft()
-                if self._pending and len(rows) + len(self._pending[0]) <= self._max_batch_rows:
-                    rows = list(rows)
-                    while (
-                        self._pending and len(rows) + len(self._pending[0]) <= self._max_batch_rows
-                    ):
-                        rows.extend(self._pending.popleft())
+                limit = self._max_batch_rows
+                while self._pending and len(rows) + len(self._pending[0]) <= limit:
+                    rows = rows + self._pending.popleft()  # a new list: callers keep theirs
                 self._pending_rows -= len(rows)
                 self._inflight = rows
                 cond.notify_all()
