@@ -53,8 +53,8 @@ from benchmarks.bench_common import (  # noqa: E402
     run_part,
     summary,
 )
-from otel_pg_exporter.devdb import DevCluster  # noqa: E402
-from otel_pg_exporter.migrations import migrate  # noqa: E402
+from otel_pg_exporter.schema.migrations import migrate  # noqa: E402
+from otel_pg_exporter.testing.devdb import DevCluster  # noqa: E402
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 HOT_PATH_MODES = ("baseline", "map", "up", "down")

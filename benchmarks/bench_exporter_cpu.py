@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from benchmarks.bench_common import ROOT, batches, part_main, sdk_spans, with_new_ids
 from otel_pg_exporter import PostgresSpanExporter
-from otel_pg_exporter.mapping import SpanMapper
+from otel_pg_exporter.export.mapping import SpanMapper
 
 
 def export_cpu(exporter: SpanExporter, spans: Sequence[ReadableSpan]) -> float:

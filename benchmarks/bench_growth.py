@@ -24,7 +24,7 @@ from psycopg import sql
 
 from benchmarks.bench_common import batches, part_main, sdk_spans, with_new_ids
 from otel_pg_exporter import PostgresSpanExporter
-from otel_pg_exporter.migrations import migrate
+from otel_pg_exporter.schema.migrations import migrate
 
 FILL = (
     "INSERT INTO {table} (trace_id, span_id, parent_span_id, service, operation, kind,"

@@ -43,8 +43,8 @@ class MapOnlyExporter(DropExporter):
 
     def __init__(self) -> None:
         super().__init__()
-        from otel_pg_exporter.mapping import SpanMapper
-        from otel_pg_exporter.scrubbing import Scrubber
+        from otel_pg_exporter.export.mapping import SpanMapper
+        from otel_pg_exporter.export.scrubbing import Scrubber
 
         self.mapper = SpanMapper(scrubber=Scrubber())
 

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from benchmarks.bench_common import part_main, sdk_spans
 from otel_pg_exporter import PostgresSpanExporter
-from otel_pg_exporter.processor import CountingBatchSpanProcessor
+from otel_pg_exporter.export.processor import CountingBatchSpanProcessor
 
 BLOCK = 20_000
 

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from benchmarks.bench_hotpath import DropExporter
-from otel_pg_exporter import logcorrelation
+from otel_pg_exporter.integrations import logcorrelation
 
 provider = TracerProvider(resource=Resource.create({}))
 provider.add_span_processor(BatchSpanProcessor(DropExporter()))

@@ -30,10 +30,10 @@ from psycopg import sql
 
 from benchmarks.bench_common import BATCH_SIZE, batches, part_main, sdk_spans, with_new_ids
 from otel_pg_exporter import PostgresSpanExporter
-from otel_pg_exporter.mapping import SpanMapper
-from otel_pg_exporter.rows import Row
-from otel_pg_exporter.sender import MAX_BATCH_ROWS
-from otel_pg_exporter.writer import SpanWriter
+from otel_pg_exporter.export.mapping import SpanMapper
+from otel_pg_exporter.export.sender import MAX_BATCH_ROWS
+from otel_pg_exporter.export.writer import SpanWriter
+from otel_pg_exporter.schema.table import Row
 
 TABLE = "trace_spans"
 

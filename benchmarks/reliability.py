@@ -33,9 +33,9 @@ from typing import Any, Protocol
 
 import psycopg
 
-from otel_pg_exporter.devdb import DevCluster
-from otel_pg_exporter.migrations import migrate
-from otel_pg_exporter.writer import APPLICATION_NAME
+from otel_pg_exporter.export.writer import APPLICATION_NAME
+from otel_pg_exporter.schema.migrations import migrate
+from otel_pg_exporter.testing.devdb import DevCluster
 
 REPO = Path(__file__).resolve().parent.parent
 # Run as a script, this folder is on sys.path but the repository root is not.

@@ -27,7 +27,7 @@ import httpx
 import psycopg
 from psycopg.rows import dict_row
 
-from otel_pg_exporter.devdb import DevCluster
+from otel_pg_exporter.testing.devdb import DevCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -24,19 +24,19 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import Sampler
 
 from otel_pg_exporter import environment_variables as ev
-from otel_pg_exporter import logcorrelation
-from otel_pg_exporter.config import (
+from otel_pg_exporter.export.exporter import PostgresSpanExporter
+from otel_pg_exporter.export.processor import DEFAULT_MAX_QUEUE_SIZE, CountingBatchSpanProcessor
+from otel_pg_exporter.integrations import logcorrelation
+from otel_pg_exporter.settings import (
     env_value,
     explicit_value,
     report_once,
     resolve_enabled,
     resolve_flag,
 )
-from otel_pg_exporter.exporter import PostgresSpanExporter
-from otel_pg_exporter.processor import DEFAULT_MAX_QUEUE_SIZE, CountingBatchSpanProcessor
 
 if TYPE_CHECKING:
-    from otel_pg_exporter.sentry import SentryBridge
+    from otel_pg_exporter.integrations.sentry import SentryBridge
 
 logger = logging.getLogger("otel_pg_exporter")
 
@@ -474,7 +474,7 @@ class SentryOptions:
         """Raise now, before anything is set up, for an unusable explicit ``sentry_dsn``."""
         if not self.explicit or not self.dsn:
             return
-        from otel_pg_exporter import sentry  # ImportError with the pip install line
+        from otel_pg_exporter.integrations import sentry  # ImportError with the pip install line
 
         problem = sentry.check_dsn(self.dsn)
         if problem is not None:
@@ -488,7 +488,7 @@ class SentryOptions:
         if not self.dsn and not already_running:
             return None
         try:
-            from otel_pg_exporter import sentry
+            from otel_pg_exporter.integrations import sentry
         except ImportError as exc:
             if self.explicit:
                 raise

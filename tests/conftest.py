@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from otel_pg_exporter.devdb import DevCluster, ExternalServer, PgServer
+from otel_pg_exporter.testing.devdb import DevCluster, ExternalServer, PgServer
 
 logger = logging.getLogger("otel_pg_exporter")
 
@@ -85,7 +85,7 @@ def fresh_dsn(pg_cluster: PgServer) -> Iterator[str]:
 @pytest.fixture
 def migrated_dsn(fresh_dsn: str) -> str:
     """A fresh database with every migration applied."""
-    from otel_pg_exporter.migrations import migrate
+    from otel_pg_exporter.schema.migrations import migrate
 
     migrate(fresh_dsn)
     return fresh_dsn
@@ -94,7 +94,7 @@ def migrated_dsn(fresh_dsn: str) -> str:
 @pytest.fixture(scope="module")
 def module_database(pg_cluster: PgServer) -> Iterator[str]:
     """One migrated database per module, for tests that only need an empty table."""
-    from otel_pg_exporter.migrations import migrate
+    from otel_pg_exporter.schema.migrations import migrate
 
     name = f"t_{uuid.uuid4().hex[:12]}"
     dsn = pg_cluster.create_database(name)

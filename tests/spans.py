@@ -222,7 +222,7 @@ def assert_storable_json(document: str | None) -> None:
         assert not any(0xD800 <= ord(char) <= 0xDFFF for char in text)
 
 
-# --- the documented sanitising, written independently of otel_pg_exporter.mapping ----------
+# --- the documented sanitising, written independently of otel_pg_exporter.export.mapping ----------
 
 
 def cleaned_text(text: str) -> str:

@@ -16,12 +16,12 @@ from psycopg.conninfo import conninfo_to_dict
 
 import otel_pg_exporter.cli
 from otel_pg_exporter.cli import main
-from otel_pg_exporter.devdb import PASSWORD_ROLE, PgServer
-from otel_pg_exporter.migrations import applied_versions, available_migrations
+from otel_pg_exporter.schema.migrations import applied_versions, available_migrations
+from otel_pg_exporter.testing.devdb import PASSWORD_ROLE, PgServer
 
 SECRET = "Hunter2-Secret"
 # Import root of the package under test, so a subprocess runs the same code as this process.
-IMPORT_ROOT = Path(otel_pg_exporter.cli.__file__).resolve().parents[1]
+IMPORT_ROOT = Path(otel_pg_exporter.cli.__file__).resolve().parents[2]
 
 
 def _all_versions() -> list[int]:

@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from otel_pg_exporter import PostgresSpanExporter
-from otel_pg_exporter import config as config_module
 from otel_pg_exporter import environment_variables as ev
-from otel_pg_exporter.config import (
+from otel_pg_exporter import settings as config_module
+from otel_pg_exporter.settings import (
     DEFAULT_POOL_MAX,
     DEFAULT_TABLE,
     DEFAULT_TIMEOUT_S,

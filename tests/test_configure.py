@@ -21,7 +21,7 @@ from support import clean_environ, query
 
 import otel_pg_exporter
 from otel_pg_exporter import environment_variables as ev
-from otel_pg_exporter.devdb import PgServer
+from otel_pg_exporter.testing.devdb import PgServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "Zebra-Secret-77"

@@ -17,8 +17,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from otel_pg_exporter import devdb
-from otel_pg_exporter.devdb import PASSWORD_ROLE, DevCluster, ExternalServer, PgServer
+from otel_pg_exporter.testing import devdb
+from otel_pg_exporter.testing.devdb import PASSWORD_ROLE, DevCluster, ExternalServer, PgServer
 
 _SOURCE_ROOT = Path(devdb.__file__).resolve().parent.parent
 
@@ -182,7 +182,7 @@ def _devdb_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_SOURCE_ROOT), env.get("PYTHONPATH")]))
     return subprocess.run(
-        [sys.executable, "-m", "otel_pg_exporter.devdb", *args],
+        [sys.executable, "-m", "otel_pg_exporter.testing.devdb", *args],
         capture_output=True,
         text=True,
         check=False,

@@ -22,8 +22,8 @@ import httpx
 import pytest
 from support import clean_environ, query
 
-from otel_pg_exporter.devdb import PgServer
-from otel_pg_exporter.migrations import migrate
+from otel_pg_exporter.schema.migrations import migrate
+from otel_pg_exporter.testing.devdb import PgServer
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -22,8 +22,8 @@ from psycopg import sql
 
 from otel_pg_exporter import PostgresSpanExporter
 from otel_pg_exporter import environment_variables as ev
-from otel_pg_exporter.devdb import PASSWORD_ROLE, PgServer
-from otel_pg_exporter.migrations import migrate
+from otel_pg_exporter.schema.migrations import migrate
+from otel_pg_exporter.testing.devdb import PASSWORD_ROLE, PgServer
 
 SUCCESS = SpanExportResult.SUCCESS
 FAILURE = SpanExportResult.FAILURE

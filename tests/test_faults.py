@@ -38,10 +38,10 @@ from support import clean_environ
 from tcp_proxy import TcpProxy
 
 from otel_pg_exporter import PostgresSpanExporter
-from otel_pg_exporter.devdb import DevCluster
-from otel_pg_exporter.migrations import migrate
-from otel_pg_exporter.processor import CountingBatchSpanProcessor
-from otel_pg_exporter.writer import APPLICATION_NAME
+from otel_pg_exporter.export.processor import CountingBatchSpanProcessor
+from otel_pg_exporter.export.writer import APPLICATION_NAME
+from otel_pg_exporter.schema.migrations import migrate
+from otel_pg_exporter.testing.devdb import DevCluster
 
 pytestmark = pytest.mark.slow
 

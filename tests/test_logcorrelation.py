@@ -11,7 +11,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Span, Tracer
 
-from otel_pg_exporter import logcorrelation
+from otel_pg_exporter.integrations import logcorrelation
 
 
 class KeepRecords(logging.Handler):

@@ -34,9 +34,9 @@ from spans import (
     typed,
 )
 
-from otel_pg_exporter.config import DEFAULT_MAX_SPAN_CHARS, DEFAULT_MAX_VALUE_CHARS
-from otel_pg_exporter.mapping import SpanMapper
-from otel_pg_exporter.rows import STAGE_COLUMNS
+from otel_pg_exporter.export.mapping import SpanMapper
+from otel_pg_exporter.schema.table import STAGE_COLUMNS
+from otel_pg_exporter.settings import DEFAULT_MAX_SPAN_CHARS, DEFAULT_MAX_VALUE_CHARS
 
 COLUMNS = [name for name, _ in STAGE_COLUMNS]
 JSON_COLUMNS = ("metadata", "events", "links", "resource", "otel")

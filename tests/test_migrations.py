@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
-from otel_pg_exporter.migrations import (
+from otel_pg_exporter.schema.migrations import (
     MIGRATIONS_TABLE,
     MigrationError,
     applied_versions,

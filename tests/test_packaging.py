@@ -116,11 +116,15 @@ def installed_venv(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Pat
 
 
 def test_wheel_ships_every_migration_file(wheel_names: set[str]) -> None:
-    """Every file of the repository's sql/ is in the wheel under otel_pg_exporter/sql/."""
-    expected = {f"otel_pg_exporter/sql/{path.name}" for path in SQL_DIR.iterdir() if path.is_file()}
+    """Every file of the repository's sql/ is in the wheel under otel_pg_exporter/schema/sql/."""
+    expected = {
+        f"otel_pg_exporter/schema/sql/{path.name}" for path in SQL_DIR.iterdir() if path.is_file()
+    }
 
-    assert "otel_pg_exporter/sql/0001_trace_spans.sql" in expected
-    assert expected == {name for name in wheel_names if name.startswith("otel_pg_exporter/sql/")}
+    assert "otel_pg_exporter/schema/sql/0001_trace_spans.sql" in expected
+    assert expected == {
+        name for name in wheel_names if name.startswith("otel_pg_exporter/schema/sql/")
+    }
 
 
 def test_wheel_ships_py_typed(wheel_names: set[str]) -> None:
@@ -161,7 +165,7 @@ def test_installed_entry_point_loads_a_span_exporter_built_without_arguments(
     _require_success(result, "loading the entry point")
     loaded = json.loads(result.stdout)
 
-    assert (True, "otel_pg_exporter.exporter:PostgresSpanExporter", False) == (
+    assert (True, "otel_pg_exporter.export.exporter:PostgresSpanExporter", False) == (
         loaded["is_span_exporter"],
         loaded["name"],
         loaded["pool_opened"],

@@ -9,7 +9,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from otel_pg_exporter import PostgresSpanExporter
-from otel_pg_exporter.processor import CountingBatchSpanProcessor
+from otel_pg_exporter.export.processor import CountingBatchSpanProcessor
 
 
 class _BlockedExporter(PostgresSpanExporter):

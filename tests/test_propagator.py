@@ -30,9 +30,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from support import clean_environ, query
 from test_e2e import free_port, one, start_service, wait_healthy
 
-from otel_pg_exporter.devdb import PgServer
-from otel_pg_exporter.migrations import migrate
-from otel_pg_exporter.propagator import XTracePropagator
+from otel_pg_exporter.integrations.propagator import XTracePropagator
+from otel_pg_exporter.schema.migrations import migrate
+from otel_pg_exporter.testing.devdb import PgServer
 
 PROPAGATORS = "tracecontext,baggage,xtrace"
 GO_TRACE_ID = "4bf92f3577b34da6"

@@ -31,8 +31,8 @@ from spans import (
     with_expected_number_types,
 )
 
-from otel_pg_exporter.config import DEFAULT_MAX_VALUE_CHARS
-from otel_pg_exporter.exporter import PostgresSpanExporter
+from otel_pg_exporter.export.exporter import PostgresSpanExporter
+from otel_pg_exporter.settings import DEFAULT_MAX_VALUE_CHARS
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 HUGE = 10_000_000  # characters: a 10 MB attribute value

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from otel_pg_exporter.scrubbing import (
+from otel_pg_exporter.export.scrubbing import (
     DEFAULT_KEY_RULES,
     DEFAULT_VALUE_RULES,
     REDACTED,

@@ -26,10 +26,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from tcp_proxy import TcpProxy
 
 from otel_pg_exporter import PostgresSpanExporter
-from otel_pg_exporter.exporter import HANDOFF_WAIT_S
-from otel_pg_exporter.processor import CountingBatchSpanProcessor
-from otel_pg_exporter.rows import Row
-from otel_pg_exporter.sender import Sender
+from otel_pg_exporter.export.exporter import HANDOFF_WAIT_S
+from otel_pg_exporter.export.processor import CountingBatchSpanProcessor
+from otel_pg_exporter.export.sender import Sender
+from otel_pg_exporter.schema.table import Row
 
 SUCCESS = SpanExportResult.SUCCESS
 FAILURE = SpanExportResult.FAILURE

@@ -30,9 +30,9 @@ from test_e2e import free_port, start_service, wait_healthy
 import otel_pg_exporter
 from otel_pg_exporter import environment_variables as ev
 from otel_pg_exporter._configure import SentryOptions
-from otel_pg_exporter.devdb import PgServer
-from otel_pg_exporter.migrations import migrate
-from otel_pg_exporter.sentry import INSTALL_HINT, default_sample_rate, trace_is_sampled
+from otel_pg_exporter.integrations.sentry import INSTALL_HINT, default_sample_rate, trace_is_sampled
+from otel_pg_exporter.schema.migrations import migrate
+from otel_pg_exporter.testing.devdb import PgServer
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTRUMENT = str(Path(sys.executable).parent / "opentelemetry-instrument")

@@ -23,9 +23,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otel_pg_exporter import spool as spool_module
-from otel_pg_exporter.rows import Row
-from otel_pg_exporter.spool import (
+from otel_pg_exporter.export import spool as spool_module
+from otel_pg_exporter.export.spool import (
     HEADER,
     MAGIC,
     SEGMENT_SUFFIX,
@@ -34,6 +33,7 @@ from otel_pg_exporter.spool import (
     SpoolStats,
     encode_record,
 )
+from otel_pg_exporter.schema.table import Row
 
 ROOT = Path(__file__).resolve().parent.parent
 BIG = 2**20
@@ -98,7 +98,7 @@ def spool(spool_dir: Path) -> Iterator[Spool]:
 
 CHILD_PRELUDE = """\
 import json, os, signal, sys, time
-from otel_pg_exporter.spool import Spool, SpoolError
+from otel_pg_exporter.export.spool import Spool, SpoolError
 directory = sys.argv[1]
 batches = [[tuple(row) for row in batch] for batch in json.loads(sys.argv[2])]
 """

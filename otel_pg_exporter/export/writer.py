@@ -25,8 +25,8 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from otel_pg_exporter._untraced import untraced
-from otel_pg_exporter.config import conninfo_problem, redact_dsn
-from otel_pg_exporter.rows import STAGE_COLUMNS, Row
+from otel_pg_exporter.schema.table import STAGE_COLUMNS, Row
+from otel_pg_exporter.settings import conninfo_problem, redact_dsn
 
 logger = logging.getLogger("otel_pg_exporter")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from otel_pg_exporter import environment_variables as ev
-from otel_pg_exporter.scrubbing import Scrubber, parse_keys, parse_patterns
+from otel_pg_exporter.export.scrubbing import Scrubber, parse_keys, parse_patterns
 
 logger = logging.getLogger("otel_pg_exporter")
 

@@ -1,7 +1,7 @@
 """Versioned schema migrations for the spans table: apply, inspect, roll back.
 
-The numbered files in ``sql/`` (shipped in the wheel as ``otel_pg_exporter/sql``) are templates
-whose names are filled in with ``psycopg.sql.Identifier``, so the schema and table are
+The numbered files in ``sql/`` (shipped in the wheel as ``otel_pg_exporter/schema/sql``) are
+templates whose names are filled in with ``psycopg.sql.Identifier``, so the schema and table are
 configurable and always quoted. Each pending file runs in its own transaction together with its
 history row, under a transaction-level advisory lock, so concurrent runs apply it once.
 
@@ -27,7 +27,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 
 from otel_pg_exporter._untraced import untraced
-from otel_pg_exporter.config import DEFAULT_TABLE, conninfo_problem, redact_dsn
+from otel_pg_exporter.settings import DEFAULT_TABLE, conninfo_problem, redact_dsn
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -83,14 +83,14 @@ class Migration:
 
 
 def _sql_dir() -> Traversable:
-    """``otel_pg_exporter/sql`` in an installed wheel, else the repository's top-level ``sql/``."""
+    """``otel_pg_exporter/schema/sql`` in an installed wheel, else the repository's ``sql/``."""
     try:
-        packaged = resources.files("otel_pg_exporter") / "sql"
+        packaged = resources.files("otel_pg_exporter.schema") / "sql"
         if packaged.is_dir():
             return packaged
     except (ModuleNotFoundError, TypeError, ValueError):
         pass
-    return Path(__file__).resolve().parent.parent / "sql"
+    return Path(__file__).resolve().parents[2] / "sql"
 
 
 def available_migrations() -> list[Migration]:

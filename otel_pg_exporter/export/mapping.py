@@ -23,13 +23,13 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanKind, StatusCode
 
-from otel_pg_exporter.config import (
+from otel_pg_exporter.export.scrubbing import Scrubber
+from otel_pg_exporter.schema.table import Row
+from otel_pg_exporter.settings import (
     DEFAULT_EXECUTION_ID_ATTRIBUTE,
     DEFAULT_MAX_SPAN_CHARS,
     DEFAULT_MAX_VALUE_CHARS,
 )
-from otel_pg_exporter.rows import Row
-from otel_pg_exporter.scrubbing import Scrubber
 
 REPLACEMENT_CHAR = "\ufffd"
 UNKNOWN_SERVICE = "unknown_service"

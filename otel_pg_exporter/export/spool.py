@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from otel_pg_exporter.rows import Row
+from otel_pg_exporter.schema.table import Row
 
 logger = logging.getLogger("otel_pg_exporter")
 

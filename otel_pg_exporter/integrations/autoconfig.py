@@ -15,7 +15,7 @@ from typing import Any
 from opentelemetry.sdk._configuration import _initialize_components, _OTelSDKConfigurator
 
 from otel_pg_exporter._configure import adopt_instrument_pipeline
-from otel_pg_exporter.processor import CountingBatchSpanProcessor
+from otel_pg_exporter.export.processor import CountingBatchSpanProcessor
 
 
 class PostgresConfigurator(_OTelSDKConfigurator):

@@ -18,19 +18,19 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from psycopg.conninfo import conninfo_to_dict
 
 from otel_pg_exporter._untraced import untraced
-from otel_pg_exporter.config import (
+from otel_pg_exporter.export.mapping import SpanMapper, late_attributes
+from otel_pg_exporter.export.metrics import ExporterMetrics
+from otel_pg_exporter.export.replay import Replayer
+from otel_pg_exporter.export.sender import Sender
+from otel_pg_exporter.export.spool import Spool, SpoolError
+from otel_pg_exporter.export.writer import SpanWriter, WriteError, describe
+from otel_pg_exporter.schema.table import Row
+from otel_pg_exporter.settings import (
     ExporterSettings,
     redact_dsn,
     resolve_enabled,
     resolve_scrubber,
 )
-from otel_pg_exporter.mapping import SpanMapper, late_attributes
-from otel_pg_exporter.metrics import ExporterMetrics
-from otel_pg_exporter.replay import Replayer
-from otel_pg_exporter.rows import Row
-from otel_pg_exporter.sender import Sender
-from otel_pg_exporter.spool import Spool, SpoolError
-from otel_pg_exporter.writer import SpanWriter, WriteError, describe
 
 logger = logging.getLogger("otel_pg_exporter")
 

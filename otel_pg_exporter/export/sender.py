@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from otel_pg_exporter.rows import Row
+from otel_pg_exporter.schema.table import Row
 
 MAX_PENDING_ROWS = 4096
 MAX_BATCH_ROWS = 2048

@@ -4,7 +4,8 @@ The exporter promises never to lose a span when the database blinks; only a real
 be stopped and restarted at will tests that promise. This module makes one from the server
 binaries already on the machine (or the optional ``pgserver`` wheel), as root or not.
 
-Command line, for demos: ``python -m otel_pg_exporter.devdb start|status|stop|destroy --dir DIR``.
+Command line, for demos:
+``python -m otel_pg_exporter.testing.devdb start|status|stop|destroy --dir DIR``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from otel_pg_exporter.config import redact_dsn
+from otel_pg_exporter.settings import redact_dsn
 
 __all__ = [
     "PASSWORD_ROLE",
@@ -385,7 +386,7 @@ class DevCluster:
             )
         hba = "\n".join(
             [
-                "# Written by otel_pg_exporter.devdb: a throwaway cluster reachable only locally.",
+                "# Written by otel_pg_exporter.testing.devdb: a throwaway local cluster.",
                 "local all all trust",
                 f"host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256",
                 f"host all {PASSWORD_ROLE} ::1/128 scram-sha-256",
@@ -417,7 +418,9 @@ class DevCluster:
             "full_page_writes": _on_off(self.fsync),
         }
         lines = [f"{name} = {value}" for name, value in settings.items()]
-        header = "# Written by otel_pg_exporter.devdb at every start; edits are overwritten.\n"
+        header = (
+            "# Written by otel_pg_exporter.testing.devdb at every start; edits are overwritten.\n"
+        )
         self._write_file(self.data_dir / SETTINGS_FILE, header + "\n".join(lines) + "\n")
 
     def _write_file(self, path: Path, text: str) -> None:
@@ -508,9 +511,9 @@ class ExternalServer:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``start`` prints only the DSN, so ``DSN=$(python -m otel_pg_exporter.devdb start ...)``."""
+    """``start`` prints only the DSN: ``DSN=$(python -m otel_pg_exporter.testing.devdb start ...)``."""
     parser = argparse.ArgumentParser(
-        prog="python -m otel_pg_exporter.devdb",
+        prog="python -m otel_pg_exporter.testing.devdb",
         description="A local PostgreSQL for demos; it keeps running until 'stop'.",
     )
     commands = parser.add_subparsers(dest="command", required=True)

@@ -21,8 +21,8 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor, Tr
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Status
 
-from otel_pg_exporter.mapping import late_attributes
-from otel_pg_exporter.scrubbing import Scrubber
+from otel_pg_exporter.export.mapping import late_attributes
+from otel_pg_exporter.export.scrubbing import Scrubber
 
 INSTALL_HINT = "pip install 'otel_pg_exporter[sentry]'"
 

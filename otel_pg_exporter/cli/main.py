@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from typing import TextIO, TypeAlias
 
 from otel_pg_exporter import environment_variables as ev
-from otel_pg_exporter.config import ExporterSettings, redact_dsn
-from otel_pg_exporter.migrations import MigrationError, migrate, rollback
+from otel_pg_exporter.schema.migrations import MigrationError, migrate, rollback
+from otel_pg_exporter.settings import ExporterSettings, redact_dsn
 
 EXIT_OK = 0
 EXIT_DATABASE_ERROR = 1
