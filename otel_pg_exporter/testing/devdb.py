@@ -511,7 +511,7 @@ class ExternalServer:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``start`` prints only the DSN: ``DSN=$(python -m otel_pg_exporter.testing.devdb start ...)``."""
+    """``start`` prints only the DSN, for ``DSN=$(python -m ... start --dir DIR)``."""
     parser = argparse.ArgumentParser(
         prog="python -m otel_pg_exporter.testing.devdb",
         description="A local PostgreSQL for demos; it keeps running until 'stop'.",
