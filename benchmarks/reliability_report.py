@@ -61,10 +61,10 @@ def derive(result: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
         / 1024,
         "achieved_spans_per_s": float(app.get("achieved_spans_per_s", 0)),
         "export_failures": stats.get("export_failures", 0),
-        "export_ms_mean": stats.get("export_seconds_total_us", 0)
+        "export_ms_mean": stats.get("export_time_total_us", 0)
         / max(1, stats.get("export_calls", 0))
         / 1000,
-        "export_ms_max": stats.get("export_seconds_max_us", 0) / 1000,
+        "export_ms_max": stats.get("export_time_max_us", 0) / 1000,
         "exports_again_after_s": _resumed_after(result, "spans_exported"),
         "replay_started_after_s": _resumed_after(result, "spans_replayed"),
         "cpu": result.get("cpu", {}),

@@ -1,37 +1,54 @@
-"""Settings: one precedence chain, pure and testable.
+"""Every setting, declared once, resolved in one precedence chain.
 
-explicit argument > our variable > standard variable > default. A bad explicit argument raises
-``ValueError`` naming it; a bad environment value is reported once and the default is used.
+A ``Setting`` names the keyword argument (of ``configure()``, ``PostgresSpanExporter`` or the
+``otel-pg`` commands), the environment variables read for it (ours first, then the standard
+one), how text becomes a value, the default and a one-line doc. ``Setting.resolve`` is the one
+chain: explicit argument > our variable > standard variable > default. A bad explicit argument
+raises ``SettingsError`` (a ``ValueError``) naming it; a bad environment value is reported
+once (never with a password) and the default is used, so a typo never stops an application.
+
+The settings objects below (``ExporterSettings``, ``BatchSettings``, ``SentrySettings``) are
+frozen dataclasses whose field names are setting names; ``resolve_fields`` fills any of them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from otel_pg_exporter import environment_variables as ev
-from otel_pg_exporter.export.scrubbing import Scrubber, parse_keys, parse_patterns
+from otel_pg_exporter._dsn import redact_dsn
+from otel_pg_exporter.errors import SettingsError
+from otel_pg_exporter.schema.table import DEFAULT_TABLE
 
 logger = logging.getLogger("otel_pg_exporter")
 
 _T = TypeVar("_T")
+_D = TypeVar("_D")
 
-DEFAULT_TABLE = "trace_spans"
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_POOL_MAX = 2
 DEFAULT_EXECUTION_ID_ATTRIBUTE = "execution.id"
 DEFAULT_MAX_VALUE_CHARS = 65_536
 DEFAULT_MAX_SPAN_CHARS = 1_048_576
 DEFAULT_SPOOL_MAX_MB = 256
+# The SDK's 2,048 spans last 0.4 s at 5,000 spans/s; a database pause (a commit waiting on a
+# checkpoint, a lock given up after 1 s) needs a little more.
+DEFAULT_MAX_QUEUE_SIZE = 8192
+DEFAULT_SCHEDULE_DELAY_MILLIS = 5000
+DEFAULT_MAX_EXPORT_BATCH_SIZE = 512
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
+_IDENTIFIER_MAX = 63
 
+# Process state: which bad values were already reported (a test fixture resets it).
 _reported: set[tuple[str, str]] = set()
 _reported_lock = threading.Lock()
 
@@ -47,6 +64,9 @@ def report_once(variable: str, value: str, problem: str) -> None:
     logger.warning("Ignoring %s=%r: %s", variable, shown, problem)
 
 
+# --- text -> value ------------------------------------------------------------------------
+
+
 def parse_bool(text: str) -> bool:
     """``1/true/yes/on`` -> True, ``0/false/no/off`` or empty -> False, else ValueError."""
     folded = text.strip().lower()
@@ -55,6 +75,16 @@ def parse_bool(text: str) -> bool:
     if folded in _FALSE:
         return False
     raise ValueError(f"expected one of 1/true/yes/on or 0/false/no/off, got {text!r}")
+
+
+def _text(text: str) -> str:
+    return text
+
+
+def _non_empty(text: str) -> str:
+    if not text:
+        raise ValueError("must not be empty")
+    return text
 
 
 def _positive_float(text: str) -> float:
@@ -71,168 +101,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-_IDENTIFIER_MAX = 63
-
-
-def _identifier(text: str) -> str:
-    if not text or "\x00" in text or len(text.encode("utf-8", "surrogatepass")) > _IDENTIFIER_MAX:
-        raise ValueError("must be a non-empty identifier of at most 63 bytes without NUL")
-    return text
-
-
-def env_value(
-    environ: Mapping[str, str],
-    names: tuple[str, ...],
-    parse: Callable[[str], _T],
-    default: _T,
-) -> _T:
-    """The first set variable among ``names``, parsed; a bad value is reported and skipped."""
-    for name in names:
-        raw = environ.get(name)
-        if raw is None or raw.strip() == "":
-            continue
-        try:
-            return parse(raw.strip())
-        except ValueError as exc:
-            report_once(name, raw, f"{exc}; using the default")
-            return default
-    return default
-
-
-def explicit_value(name: str, value: object, parse: Callable[[str], _T], kind: type) -> _T:
-    """Validate an explicit argument: wrong type or range raises ``ValueError`` naming it."""
-    if isinstance(value, bool) and kind is not bool:
-        raise ValueError(f"{name} must be {kind.__name__}, got bool")
-    if kind is float and isinstance(value, int):
-        value = float(value)
-    if not isinstance(value, kind):
-        raise ValueError(f"{name} must be {kind.__name__}, got {type(value).__name__}")
-    try:
-        return parse(str(value))
-    except ValueError as exc:
-        raise ValueError(f"{name}: {exc}") from None
-
-
-@dataclass(frozen=True)
-class ExporterSettings:
-    """Everything PostgresSpanExporter needs, resolved once."""
-
-    dsn: str
-    schema: str | None
-    table: str
-    timeout_s: float
-    pool_max: int
-    execution_id_attribute: str
-    max_value_chars: int
-    max_span_chars: int
-    spool_dir: str | None = None
-    spool_max_mb: int = DEFAULT_SPOOL_MAX_MB
-
-    def __repr__(self) -> str:
-        return (
-            f"ExporterSettings(dsn={redact_dsn(self.dsn)!r}, schema={self.schema!r}, "
-            f"table={self.table!r}, timeout_s={self.timeout_s}, pool_max={self.pool_max}, "
-            f"execution_id_attribute={self.execution_id_attribute!r}, "
-            f"max_value_chars={self.max_value_chars}, max_span_chars={self.max_span_chars}, "
-            f"spool_dir={self.spool_dir!r}, spool_max_mb={self.spool_max_mb})"
-        )
-
-    @classmethod
-    def resolve(
-        cls,
-        environ: Mapping[str, str] | None = None,
-        *,
-        dsn: str | None = None,
-        schema: str | None = None,
-        table: str | None = None,
-        timeout: float | None = None,
-        pool_max: int | None = None,
-        execution_id_attribute: str | None = None,
-        max_value_chars: int | None = None,
-        max_span_chars: int | None = None,
-        spool_dir: str | None = None,
-        spool_max_mb: int | None = None,
-    ) -> ExporterSettings:
-        env = os.environ if environ is None else environ
-
-        def pick(
-            name: str,
-            value: Any,
-            variables: tuple[str, ...],
-            parse: Callable[[str], _T],
-            kind: type,
-            default: _T,
-        ) -> _T:
-            if value is not None:
-                return explicit_value(name, value, parse, kind)
-            return env_value(env, variables, parse, default)
-
-        return cls(
-            dsn=resolve_dsn(dsn, env),
-            schema=pick(
-                "schema", schema, (ev.OTEL_EXPORTER_POSTGRES_SCHEMA,), _identifier, str, None
-            ),
-            table=pick(
-                "table", table, (ev.OTEL_EXPORTER_POSTGRES_TABLE,), _identifier, str, DEFAULT_TABLE
-            ),
-            timeout_s=pick(
-                "timeout",
-                timeout,
-                (ev.OTEL_EXPORTER_POSTGRES_TIMEOUT,),
-                _positive_float,
-                float,
-                DEFAULT_TIMEOUT_S,
-            ),
-            pool_max=pick(
-                "pool_max",
-                pool_max,
-                (ev.OTEL_EXPORTER_POSTGRES_POOL_MAX,),
-                _positive_int,
-                int,
-                DEFAULT_POOL_MAX,
-            ),
-            execution_id_attribute=pick(
-                "execution_id_attribute",
-                execution_id_attribute,
-                (ev.OTEL_EXPORTER_POSTGRES_EXECUTION_ID_ATTRIBUTE,),
-                _identifier_attr,
-                str,
-                DEFAULT_EXECUTION_ID_ATTRIBUTE,
-            ),
-            max_value_chars=pick(
-                "max_value_chars",
-                max_value_chars,
-                (ev.OTEL_EXPORTER_POSTGRES_MAX_VALUE_CHARS,),
-                _at_least(64),
-                int,
-                DEFAULT_MAX_VALUE_CHARS,
-            ),
-            max_span_chars=pick(
-                "max_span_chars",
-                max_span_chars,
-                (ev.OTEL_EXPORTER_POSTGRES_MAX_SPAN_CHARS,),
-                _at_least(1024),
-                int,
-                DEFAULT_MAX_SPAN_CHARS,
-            ),
-            spool_dir=resolve_spool_dir(spool_dir, env),
-            spool_max_mb=pick(
-                "spool_max_mb",
-                spool_max_mb,
-                (ev.OTEL_EXPORTER_POSTGRES_SPOOL_MAX_MB,),
-                _positive_int,
-                int,
-                DEFAULT_SPOOL_MAX_MB,
-            ),
-        )
-
-
-def _identifier_attr(text: str) -> str:
-    if not text:
-        raise ValueError("must be a non-empty attribute name")
-    return text
-
-
 def _at_least(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = int(text)
@@ -243,6 +111,172 @@ def _at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _identifier(text: str) -> str:
+    if not text or "\x00" in text or len(text.encode("utf-8", "surrogatepass")) > _IDENTIFIER_MAX:
+        raise ValueError("must be a non-empty identifier of at most 63 bytes without NUL")
+    return text
+
+
+def _attribute_name(text: str) -> str:
+    if not text:
+        raise ValueError("must be a non-empty attribute name")
+    return text
+
+
+def _sample_rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must be a number from 0 to 1")
+    return value
+
+
+def _optional_path(text: str) -> str | None:
+    return text.strip() or None
+
+
+def parse_keys(text: str) -> tuple[str, ...]:
+    """Names from a comma-separated environment variable, blanks skipped."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+PATTERN_SEPARATOR = ";;"
+
+
+def parse_patterns(text: str) -> tuple[str, ...]:
+    """Regexes from one environment variable: separated by ``;;`` or newlines, surrounding
+    whitespace ignored (write ``[ ]`` for a leading space), empty entries skipped."""
+    entries = text.replace(PATTERN_SEPARATOR, "\n").split("\n")
+    return tuple(entry.strip() for entry in entries if entry.strip())
+
+
+def _compiles(pattern: str) -> bool:
+    try:
+        re.compile(pattern)
+    except re.error:
+        return False
+    return True
+
+
+def _regex_list(text: str) -> tuple[str, ...]:
+    """``;;``-separated regular expressions; one that does not compile is reported, skipped."""
+    kept: tuple[str, ...] = ()
+    for pattern in text.split(PATTERN_SEPARATOR):
+        if pattern and _compiles(pattern):
+            kept += (pattern,)
+        elif pattern:
+            report_once(ev.SENTRY_IGNORE_MESSAGES, pattern, "not a regular expression")
+    return kept
+
+
+# --- explicit object -> value -------------------------------------------------------------
+
+
+def _of_kind(kind: type, parse: Callable[[str], _T]) -> Callable[[object], _T]:
+    """Accept an explicit value of ``kind`` (an int for a float), checked by ``parse``."""
+
+    def accept(value: object) -> _T:
+        if isinstance(value, bool) and kind is not bool:
+            raise ValueError(f"must be {kind.__name__}, got bool")
+        if kind is float and isinstance(value, int):
+            value = float(value)
+        if not isinstance(value, kind):
+            raise ValueError(f"must be {kind.__name__}, got {type(value).__name__}")
+        return parse(str(value))
+
+    return accept
+
+
+def _string_sequence(value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ValueError(f"must be a sequence of str, got {type(value).__name__}")
+    if not all(isinstance(item, str) for item in value):
+        raise ValueError("must be a sequence of str")
+    return tuple(value)
+
+
+def _regex_sequence(value: object) -> tuple[str, ...]:
+    items = _string_sequence(value)
+    if not all(_compiles(item) for item in items):
+        raise ValueError("must be a sequence of regular expressions")
+    return items
+
+
+def _is_error_name_or_type(item: object) -> bool:
+    return isinstance(item, str) or (isinstance(item, type) and issubclass(item, BaseException))
+
+
+def _error_sequence(value: object) -> tuple[str | type[BaseException], ...]:
+    if (
+        isinstance(value, str)
+        or not isinstance(value, Sequence)
+        or not all(_is_error_name_or_type(item) for item in value)
+    ):
+        raise ValueError("must be a sequence of names or exception types")
+    return tuple(value)
+
+
+def _callable(value: object) -> Callable[..., Any]:
+    if not callable(value):
+        raise ValueError("must be callable")
+    return value
+
+
+def _attribute_mapping(value: object) -> Mapping[str, Any]:
+    if not (isinstance(value, Mapping) and all(isinstance(key, str) and key for key in value)):
+        raise ValueError("must be a mapping with non-empty str keys")
+    return value
+
+
+def _sampler(value: object) -> Any:
+    from opentelemetry.sdk.trace.sampling import Sampler
+
+    if not isinstance(value, Sampler):
+        raise ValueError(f"must be a Sampler, got {type(value).__name__}")
+    return value
+
+
+# --- the declarations ---------------------------------------------------------------------
+
+_NO_NAMES: tuple[str, ...] = ()
+_NO_ERRORS: tuple[str | type[BaseException], ...] = ()
+
+
+@dataclass(frozen=True)
+class Setting(Generic[_T]):
+    """One option: its argument name, variables, parser, default and doc."""
+
+    name: str
+    variables: tuple[str, ...]
+    default: _T
+    doc: str
+    parse: Callable[[str], _T] = _text  # type: ignore[assignment]  # text settings
+    accept: Callable[[object], _T] | None = None
+    # Where a variable set to an empty value means something (the spool folder: off), it is
+    # parsed; elsewhere it counts as unset.
+    empty_is_a_value: bool = False
+    # A default that depends on the environment (the per-user cache folder).
+    default_from: Callable[[Mapping[str, str]], _T] | None = None
+
+    def resolve(self, explicit: object, environ: Mapping[str, str]) -> _T:
+        """explicit argument > our variable > standard variable > default."""
+        if explicit is not None:
+            accept = self.accept or _of_kind(type(self.default), self.parse)
+            try:
+                return accept(explicit)
+            except ValueError as exc:
+                raise SettingsError(f"{self.name}: {exc}") from None
+        for name in self.variables:
+            raw = environ.get(name)
+            if raw is None or (raw.strip() == "" and not self.empty_is_a_value):
+                continue
+            try:
+                return self.parse(raw.strip())
+            except ValueError as exc:
+                report_once(name, raw, f"{exc}; using the default")
+                break
+        return self.default if self.default_from is None else self.default_from(environ)
+
+
 def default_spool_dir(environ: Mapping[str, str]) -> str:
     """The per-user cache folder: ``$XDG_CACHE_HOME`` or ``~/.cache``, then our name."""
     base = environ.get("XDG_CACHE_HOME", "").strip() or os.path.join(
@@ -251,106 +285,321 @@ def default_spool_dir(environ: Mapping[str, str]) -> str:
     return os.path.join(base, "otel_pg_exporter", "spool")
 
 
-def resolve_spool_dir(explicit: str | None, environ: Mapping[str, str]) -> str | None:
-    """``spool_dir=`` > OTEL_EXPORTER_POSTGRES_SPOOL_DIR > the per-user cache folder; an
-    empty value (argument or variable) turns the spool off: None."""
-    if explicit is not None:
-        if not isinstance(explicit, str):
-            raise ValueError(f"spool_dir must be str, got {type(explicit).__name__}")
-        return explicit.strip() or None
-    if ev.OTEL_EXPORTER_POSTGRES_SPOOL_DIR in environ:
-        return environ[ev.OTEL_EXPORTER_POSTGRES_SPOOL_DIR].strip() or None
-    return default_spool_dir(environ)
-
-
-def resolve_enabled(explicit: bool | None, environ: Mapping[str, str]) -> bool:
-    """``enabled=`` > ENABLE_DB_TRACING > off. A garbage value is reported once: off."""
-    if explicit is not None:
-        if not isinstance(explicit, bool):
-            raise ValueError(f"enabled must be bool, got {type(explicit).__name__}")
-        return explicit
-    return env_value(environ, (ev.ENABLE_DB_TRACING,), parse_bool, False)
-
-
-def resolve_flag(
-    name: str, explicit: bool | None, variable: str, environ: Mapping[str, str], default: bool
-) -> bool:
-    """A boolean option: explicit argument > its variable > default."""
-    if explicit is not None:
-        if not isinstance(explicit, bool):
-            raise ValueError(f"{name} must be bool, got {type(explicit).__name__}")
-        return explicit
-    return env_value(environ, (variable,), parse_bool, default)
-
-
-def resolve_dsn(explicit: str | None, environ: Mapping[str, str]) -> str:
-    """``--dsn``/argument > OTEL_EXPORTER_POSTGRES_DSN > DATABASE_URL > "" (libpq ``PG*``)."""
-    if explicit is not None:
-        if not isinstance(explicit, str):
-            raise ValueError(f"dsn must be str, got {type(explicit).__name__}")
-        return explicit
-    for name in (ev.OTEL_EXPORTER_POSTGRES_DSN, "DATABASE_URL"):
-        value = environ.get(name, "").strip()
-        if value:
-            return value
-    return ""
-
-
-# Greedy up to the last "@": an unescaped "@" inside a password is redacted too, never shown.
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>.*)(?=@)", re.I)
-_KEYWORD_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S*)", re.I)
-_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<pw>[^&\s]*)", re.I)
-
-
-def conninfo_problem(dsn: str, exc: BaseException) -> str:
-    """Why libpq could not parse ``dsn``, without the password libpq's message may quote."""
-    if redact_dsn(dsn) == dsn and "password" not in dsn.lower():
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    else:
-        detail = "the detail is withheld because it may quote the password"
-    return (
-        f"invalid connection string {redact_dsn(dsn)!r} ({detail}); "
-        "check quoting, and percent-encode special characters in a URL"
+SETTINGS: dict[str, Setting[Any]] = {
+    setting.name: setting
+    for setting in (
+        Setting(
+            "enabled",
+            (ev.ENABLE_DB_TRACING,),
+            False,
+            "master switch: nothing connects to or is written to the database unless true",
+            parse_bool,
+        ),
+        Setting(
+            "dsn",
+            (ev.OTEL_EXPORTER_POSTGRES_DSN, "DATABASE_URL"),
+            "",
+            "libpq connection string or postgresql:// URL; empty: libpq's PG* variables",
+            _text,
+        ),
+        Setting(
+            "schema",
+            (ev.OTEL_EXPORTER_POSTGRES_SCHEMA,),
+            None,
+            "schema of the spans table; default: the connection's current schema",
+            _identifier,
+            _of_kind(str, _identifier),
+        ),
+        Setting(
+            "table",
+            (ev.OTEL_EXPORTER_POSTGRES_TABLE,),
+            DEFAULT_TABLE,
+            "name of the spans table (always quoted as an identifier)",
+            _identifier,
+        ),
+        Setting(
+            "timeout",
+            (ev.OTEL_EXPORTER_POSTGRES_TIMEOUT,),
+            DEFAULT_TIMEOUT_S,
+            "seconds (not milliseconds) that one export may take in all, connecting included",
+            _positive_float,
+        ),
+        Setting(
+            "pool_max",
+            (ev.OTEL_EXPORTER_POSTGRES_POOL_MAX,),
+            DEFAULT_POOL_MAX,
+            "most database connections the exporter opens per process",
+            _positive_int,
+        ),
+        Setting(
+            "execution_id_attribute",
+            (ev.OTEL_EXPORTER_POSTGRES_EXECUTION_ID_ATTRIBUTE,),
+            DEFAULT_EXECUTION_ID_ATTRIBUTE,
+            "span attribute copied into execution_id when it holds an integer",
+            _attribute_name,
+        ),
+        Setting(
+            "max_value_chars",
+            (ev.OTEL_EXPORTER_POSTGRES_MAX_VALUE_CHARS,),
+            DEFAULT_MAX_VALUE_CHARS,
+            "longest string stored for one attribute value; longer ones are cut with a marker",
+            _at_least(64),
+        ),
+        Setting(
+            "max_span_chars",
+            (ev.OTEL_EXPORTER_POSTGRES_MAX_SPAN_CHARS,),
+            DEFAULT_MAX_SPAN_CHARS,
+            "most characters of attributes, events and links stored for one span in all",
+            _at_least(1024),
+        ),
+        Setting(
+            "spool_dir",
+            (ev.OTEL_EXPORTER_POSTGRES_SPOOL_DIR,),
+            None,
+            "folder of the on-disk buffer used while the database is unreachable; empty: off",
+            _optional_path,
+            _of_kind(str, _optional_path),
+            empty_is_a_value=True,
+            default_from=default_spool_dir,
+        ),
+        Setting(
+            "spool_max_mb",
+            (ev.OTEL_EXPORTER_POSTGRES_SPOOL_MAX_MB,),
+            DEFAULT_SPOOL_MAX_MB,
+            "largest size of the on-disk buffer, in megabytes",
+            _positive_int,
+        ),
+        Setting(
+            "scrub",
+            (ev.OTEL_EXPORTER_POSTGRES_SCRUB,),
+            True,
+            "replace attribute keys and values that look like credentials with a marker",
+            parse_bool,
+        ),
+        Setting(
+            "scrub_patterns",
+            (ev.OTEL_EXPORTER_POSTGRES_SCRUB_PATTERNS,),
+            _NO_NAMES,
+            "extra regular expressions (;;-separated) marking a key or value as secret",
+            parse_patterns,
+            _string_sequence,
+        ),
+        Setting(
+            "scrub_allow",
+            (ev.OTEL_EXPORTER_POSTGRES_SCRUB_ALLOW,),
+            _NO_NAMES,
+            "comma-separated attribute keys never scrubbed",
+            parse_keys,
+            _string_sequence,
+        ),
+        Setting(
+            "log_correlation",
+            (ev.OTEL_EXPORTER_POSTGRES_LOG_CORRELATION,),
+            True,
+            "logging records get trace_id and span_id fields",
+            parse_bool,
+        ),
+        Setting(
+            "service_name",
+            (),
+            None,
+            "resource service.name; default: the SDK's (OTEL_SERVICE_NAME)",
+            _non_empty,
+            _of_kind(str, _non_empty),
+        ),
+        Setting(
+            "resource_attributes",
+            (),
+            None,
+            "extra resource attributes; the SDK also reads OTEL_RESOURCE_ATTRIBUTES",
+            accept=_attribute_mapping,
+        ),
+        Setting(
+            "sampler",
+            (),
+            None,
+            "a Sampler for a new tracer provider; the SDK also reads OTEL_TRACES_SAMPLER",
+            accept=_sampler,
+        ),
+        Setting(
+            "schedule_delay_millis",
+            ("OTEL_BSP_SCHEDULE_DELAY",),
+            DEFAULT_SCHEDULE_DELAY_MILLIS,
+            "milliseconds between two exports of the batch processor",
+            _positive_int,
+        ),
+        Setting(
+            "max_queue_size",
+            ("OTEL_BSP_MAX_QUEUE_SIZE",),
+            DEFAULT_MAX_QUEUE_SIZE,
+            "spans the batch processor holds before dropping the oldest",
+            _positive_int,
+        ),
+        Setting(
+            "max_export_batch_size",
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE",),
+            DEFAULT_MAX_EXPORT_BATCH_SIZE,
+            "most spans in one export",
+            _positive_int,
+        ),
+        Setting(
+            "sentry_dsn",
+            (ev.SENTRY_DSN,),
+            None,
+            "turns the Sentry bridge on: error events share ids with trace_spans rows",
+            _non_empty,
+            _of_kind(str, _non_empty),
+        ),
+        Setting(
+            "sentry_environment",
+            (ev.SENTRY_ENVIRONMENT,),
+            None,
+            "Sentry environment; default: sentry-sdk's (production)",
+            _non_empty,
+            _of_kind(str, _non_empty),
+        ),
+        Setting(
+            "sentry_release",
+            (ev.SENTRY_RELEASE,),
+            None,
+            "Sentry release; default: what sentry-sdk detects",
+            _non_empty,
+            _of_kind(str, _non_empty),
+        ),
+        Setting(
+            "sentry_traces_sample_rate",
+            (ev.SENTRY_TRACES_SAMPLE_RATE,),
+            None,
+            "share of traces (0 to 1) also sent to Sentry, whole; default 0.1 in production",
+            _sample_rate,
+            _of_kind(float, _sample_rate),
+        ),
+        Setting(
+            "sentry_ignore_errors",
+            (ev.SENTRY_IGNORE_ERRORS,),
+            _NO_ERRORS,
+            "exception class names (comma-separated) whose events never reach Sentry",
+            parse_keys,
+            _error_sequence,
+        ),
+        Setting(
+            "sentry_ignore_messages",
+            (ev.SENTRY_IGNORE_MESSAGES,),
+            _NO_NAMES,
+            "regular expressions (;;-separated) of error messages never sent to Sentry",
+            _regex_list,
+            _regex_sequence,
+        ),
+        Setting(
+            "sentry_before_send",
+            (),
+            None,
+            "a before_send hook run before the bridge's own",
+            accept=_callable,
+        ),
     )
+}
 
 
-def redact_dsn(dsn: str) -> str:
-    """The connection string with any password replaced by ``***``."""
-    for pattern in (_URL_PASSWORD, _KEYWORD_PASSWORD, _QUERY_PASSWORD):
-        dsn = pattern.sub(r"\g<head>***", dsn)
-    return dsn
+def setting(name: str) -> Setting[Any]:
+    """The declaration of ``name`` (KeyError for an unknown setting)."""
+    return SETTINGS[name]
 
 
-def resolve_scrubber(
-    scrub: bool | None,
-    patterns: Sequence[str] | None,
-    allow: Sequence[str] | None,
-    environ: Mapping[str, str],
-) -> Scrubber | None:
-    """The credential scrubber, on unless turned off; None when off."""
-    if not resolve_flag("scrub", scrub, ev.OTEL_EXPORTER_POSTGRES_SCRUB, environ, True):
-        return None
-    for name, value in (("scrub_patterns", patterns), ("scrub_allow", allow)):
-        if value is not None and (
-            isinstance(value, str) or not all(isinstance(item, str) for item in value)
-        ):
-            raise ValueError(f"{name} must be a sequence of str")
-    if patterns is not None:
-        try:
-            Scrubber(extra_patterns=patterns)
-        except ValueError as exc:
-            raise ValueError(f"scrub_patterns: {exc}") from None
-        chosen = tuple(patterns)
-    else:
-        raw = environ.get(ev.OTEL_EXPORTER_POSTGRES_SCRUB_PATTERNS, "")
-        chosen = ()
-        for pattern in parse_patterns(raw):
-            try:
-                Scrubber(extra_patterns=(pattern,))
-            except ValueError as exc:
-                report_once(ev.OTEL_EXPORTER_POSTGRES_SCRUB_PATTERNS, pattern, f"{exc}; skipped")
-            else:
-                chosen += (pattern,)
-    if allow is None:
-        allow = parse_keys(environ.get(ev.OTEL_EXPORTER_POSTGRES_SCRUB_ALLOW, ""))
-    return Scrubber(extra_patterns=chosen, allowed_keys=tuple(allow))
+def resolve(name: str, explicit: object, environ: Mapping[str, str] | None = None) -> Any:
+    """One setting through the precedence chain (``os.environ`` by default)."""
+    return SETTINGS[name].resolve(explicit, os.environ if environ is None else environ)
+
+
+def resolve_fields(
+    cls: type[_D], environ: Mapping[str, str], explicit: Mapping[str, object], prefix: str = ""
+) -> _D:
+    """Build the settings dataclass ``cls``: each field is the setting ``prefix + field``."""
+    values = {
+        field.name: SETTINGS[prefix + field.name].resolve(
+            explicit.get(prefix + field.name), environ
+        )
+        for field in dataclasses.fields(cast(Any, cls))
+    }
+    return cls(**values)
+
+
+# --- the settings objects -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExporterSettings:
+    """Everything PostgresSpanExporter needs, resolved once."""
+
+    dsn: str
+    schema: str | None
+    table: str
+    timeout: float
+    pool_max: int
+    execution_id_attribute: str
+    max_value_chars: int
+    max_span_chars: int
+    spool_dir: str | None = None
+    spool_max_mb: int = DEFAULT_SPOOL_MAX_MB
+
+    @property
+    def timeout_s(self) -> float:
+        """``timeout``, whose unit is seconds."""
+        return self.timeout
+
+    def __repr__(self) -> str:
+        return (
+            f"ExporterSettings(dsn={redact_dsn(self.dsn)!r}, schema={self.schema!r}, "
+            f"table={self.table!r}, timeout_s={self.timeout}, pool_max={self.pool_max}, "
+            f"execution_id_attribute={self.execution_id_attribute!r}, "
+            f"max_value_chars={self.max_value_chars}, max_span_chars={self.max_span_chars}, "
+            f"spool_dir={self.spool_dir!r}, spool_max_mb={self.spool_max_mb})"
+        )
+
+    @classmethod
+    def resolve(
+        cls, environ: Mapping[str, str] | None = None, **explicit: object
+    ) -> ExporterSettings:
+        """The exporter's settings; ``explicit`` holds keyword arguments (None: not given)."""
+        unknown = set(explicit) - {field.name for field in dataclasses.fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown exporter settings: {', '.join(sorted(unknown))}")
+        return resolve_fields(cls, os.environ if environ is None else environ, explicit)
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """The batch processor's options; a bad OTEL_BSP_* value never raises."""
+
+    schedule_delay_millis: int
+    max_queue_size: int
+    max_export_batch_size: int
+
+    @classmethod
+    def resolve(cls, environ: Mapping[str, str], **explicit: object) -> BatchSettings:
+        settings = resolve_fields(cls, environ, explicit)
+        if settings.max_export_batch_size > settings.max_queue_size:
+            both_explicit = explicit.get("max_export_batch_size") is not None
+            if both_explicit and explicit.get("max_queue_size") is not None:
+                raise SettingsError("max_export_batch_size must not exceed max_queue_size")
+            # One of them came from a default or the environment: fit it.
+            settings = dataclasses.replace(settings, max_export_batch_size=settings.max_queue_size)
+        return settings
+
+
+@dataclass(frozen=True)
+class SentrySettings:
+    """The Sentry bridge's settings (``configure(sentry_*=...)``, ``SENTRY_*``)."""
+
+    dsn: str | None
+    environment: str | None
+    release: str | None
+    traces_sample_rate: float | None
+    ignore_errors: tuple[str | type[BaseException], ...]
+    ignore_messages: tuple[str, ...]
+    before_send: Callable[..., Any] | None
+
+    @classmethod
+    def resolve(cls, environ: Mapping[str, str], **explicit: object) -> SentrySettings:
+        """``explicit`` keys are the ``configure()`` names (``sentry_dsn``, ...)."""
+        return resolve_fields(cls, environ, explicit, prefix="sentry_")

@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 from otel_pg_exporter import PostgresSpanExporter
 from otel_pg_exporter import environment_variables as ev
 from otel_pg_exporter import settings as config_module
+from otel_pg_exporter._dsn import redact_dsn
+from otel_pg_exporter.schema.table import DEFAULT_TABLE
 from otel_pg_exporter.settings import (
     DEFAULT_POOL_MAX,
-    DEFAULT_TABLE,
     DEFAULT_TIMEOUT_S,
     ExporterSettings,
-    redact_dsn,
 )
 
 SECRET = "Hunter2-Secret"
@@ -232,7 +232,7 @@ def test_bad_variable_warning_never_shows_a_password(caplog: pytest.LogCaptureFi
 def test_bad_explicit_argument_raises_value_error_naming_it(parameter: str, value: object) -> None:
     """A wrong-kind or out-of-range explicit argument raises ValueError naming the parameter."""
     with pytest.raises(ValueError, match=parameter):
-        ExporterSettings.resolve({}, **{parameter: value})  # type: ignore[arg-type]
+        ExporterSettings.resolve({}, **{parameter: value})
 
 
 def test_exporter_constructor_raises_on_a_bad_explicit_argument() -> None:

@@ -19,9 +19,8 @@ from otel_pg_exporter.export.scrubbing import (
     DEFAULT_VALUE_RULES,
     REDACTED,
     Scrubber,
-    parse_keys,
-    parse_patterns,
 )
+from otel_pg_exporter.settings import parse_keys, parse_patterns
 
 SCRUBBER = Scrubber()
 RULE_NAMES = (

@@ -29,9 +29,9 @@ from test_e2e import free_port, start_service, wait_healthy
 
 import otel_pg_exporter
 from otel_pg_exporter import environment_variables as ev
-from otel_pg_exporter._configure import SentryOptions
 from otel_pg_exporter.integrations.sentry import INSTALL_HINT, default_sample_rate, trace_is_sampled
 from otel_pg_exporter.schema.migrations import migrate
+from otel_pg_exporter.settings import SentrySettings
 from otel_pg_exporter.testing.devdb import PgServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -769,7 +769,7 @@ def test_bridge_works_with_database_tracing_off(receiver: SentryReceiver) -> Non
 def test_ignore_variables_are_parsed_into_lists() -> None:
     """SENTRY_IGNORE_ERRORS splits at commas and SENTRY_IGNORE_MESSAGES at ``;;``, blanks
     dropped."""
-    options = SentryOptions.resolve(
+    options = SentrySettings.resolve(
         {
             ev.SENTRY_IGNORE_ERRORS: " TimeoutError, ,myapp.errors.Busy ,",
             ev.SENTRY_IGNORE_MESSAGES: "health ?check;;^noise$;;",

@@ -23,13 +23,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from otel_pg_exporter.errors import SpoolError, SpoolRefused
 from otel_pg_exporter.export import spool as spool_module
 from otel_pg_exporter.export.spool import (
     HEADER,
     MAGIC,
     SEGMENT_SUFFIX,
     Spool,
-    SpoolError,
     SpoolStats,
     encode_record,
 )
@@ -98,7 +98,8 @@ def spool(spool_dir: Path) -> Iterator[Spool]:
 
 CHILD_PRELUDE = """\
 import json, os, signal, sys, time
-from otel_pg_exporter.export.spool import Spool, SpoolError
+from otel_pg_exporter.export.spool import Spool
+from otel_pg_exporter.errors import SpoolError
 directory = sys.argv[1]
 batches = [[tuple(row) for row in batch] for batch in json.loads(sys.argv[2])]
 """
@@ -366,7 +367,10 @@ def test_record_larger_than_max_bytes_is_dropped_alone(spool_dir: Path) -> None:
     spool = Spool(spool_dir, max_bytes=2 * len(encode_record(small)))
     spool.append(small)
 
-    assert 50 == spool.append(make_batch("huge", 50))
+    with pytest.raises(SpoolRefused, match="larger than the whole spool") as refused:
+        spool.append(make_batch("huge", 50))
+
+    assert 50 == refused.value.rows
 
     assert SpoolStats(1, len(encode_record(small)), 1, 0, 50) == spool.pending()
     assert [small] == drain(spool)
@@ -492,7 +496,8 @@ def test_live_process_segments_are_neither_claimed_nor_dropped(spool_dir: Path) 
         assert None is spool.claim_oldest()
         assert 0 == spool.append(make_batch("mine_1"))
         assert 3 == spool.append(make_batch("mine_2"))  # ours goes; theirs is older but live
-        assert 6 == spool.append(make_batch("mine_3", 6))  # would fit only in place of theirs
+        with pytest.raises(SpoolRefused, match="held by segments of live processes"):
+            spool.append(make_batch("mine_3", 6))  # would fit only in place of theirs
         assert SpoolStats(2, 2 * record_bytes, 6, 0, 9) == spool.pending()
         ours = spool.claim_oldest()
         assert ours is not None

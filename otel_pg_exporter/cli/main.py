@@ -15,8 +15,10 @@ from collections.abc import Callable, Sequence
 from typing import TextIO, TypeAlias
 
 from otel_pg_exporter import environment_variables as ev
-from otel_pg_exporter.schema.migrations import MigrationError, migrate, rollback
-from otel_pg_exporter.settings import ExporterSettings, redact_dsn
+from otel_pg_exporter._dsn import redact_dsn
+from otel_pg_exporter.errors import MigrationError
+from otel_pg_exporter.schema.migrations import rollback, upgrade
+from otel_pg_exporter.settings import ExporterSettings
 
 EXIT_OK = 0
 EXIT_DATABASE_ERROR = 1
@@ -63,12 +65,18 @@ def _where(settings: ExporterSettings) -> str:
 def _run_migrate(args: argparse.Namespace, out: TextIO) -> int:
     settings = _settings(args)
     started = time.perf_counter()
-    applied = migrate(settings.dsn, schema=settings.schema, table=settings.table)
+    result = upgrade(settings.dsn, schema=settings.schema, table=settings.table)
     elapsed = time.perf_counter() - started
-    if applied:
-        versions = ", ".join(str(version) for version in applied)
+    if result.recreated:
+        print(
+            f"Recreated {', '.join(result.recreated)}: recorded as migrated but missing "
+            "(dropped by hand?)",
+            file=out,
+        )
+    if result.applied:
+        versions = ", ".join(str(version) for version in result.applied)
         print(f"Applied migration(s) {versions} to {_where(settings)} in {elapsed:.2f} s", file=out)
-    else:
+    elif not result.recreated:
         print(f"{_where(settings)} is up to date ({elapsed:.2f} s)", file=out)
     return EXIT_OK
 

@@ -9,7 +9,6 @@ import os
 import random
 import threading
 import time
-import weakref
 from collections.abc import Mapping, Sequence
 
 import psycopg
@@ -17,20 +16,21 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from psycopg.conninfo import conninfo_to_dict
 
+from otel_pg_exporter import settings
+from otel_pg_exporter._dsn import redact_dsn
 from otel_pg_exporter._untraced import untraced
-from otel_pg_exporter.export.mapping import SpanMapper, late_attributes
+from otel_pg_exporter.errors import SpoolError, SpoolRefused, WriteError
+from otel_pg_exporter.export import forks
+from otel_pg_exporter.export.late_attributes import LATE_ATTRIBUTES
+from otel_pg_exporter.export.mapping import SpanMapper
 from otel_pg_exporter.export.metrics import ExporterMetrics
 from otel_pg_exporter.export.replay import Replayer
+from otel_pg_exporter.export.scrubbing import resolve_scrubber
 from otel_pg_exporter.export.sender import Sender
-from otel_pg_exporter.export.spool import Spool, SpoolError
-from otel_pg_exporter.export.writer import SpanWriter, WriteError, describe
+from otel_pg_exporter.export.spool import Spool
+from otel_pg_exporter.export.writer import SpanWriter, describe
 from otel_pg_exporter.schema.table import Row
-from otel_pg_exporter.settings import (
-    ExporterSettings,
-    redact_dsn,
-    resolve_enabled,
-    resolve_scrubber,
-)
+from otel_pg_exporter.settings import ExporterSettings
 
 logger = logging.getLogger("otel_pg_exporter")
 
@@ -90,16 +90,12 @@ class _RateLimitedWarnings:
         logger.warning(message, *args)
 
 
-_exporters: weakref.WeakSet[PostgresSpanExporter] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for exporter in list(_exporters):
-        exporter._restart_after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
+# Old stats() keys and the keys that replaced them.
+DEPRECATED_STATS_KEYS = {
+    "spans_rejected": "spans_dropped_rejected",
+    "export_seconds_total_us": "export_time_total_us",
+    "export_seconds_max_us": "export_time_max_us",
+}
 
 _YIELD_EVERY = 32
 # With use_sender_thread(), the export thread hands each mapped batch to the sender; when
@@ -149,7 +145,7 @@ class PostgresSpanExporter(SpanExporter):
         environ: Mapping[str, str] | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
-        self.enabled = resolve_enabled(enabled, env)
+        self.enabled: bool = settings.resolve("enabled", enabled, env)
         self.settings = ExporterSettings.resolve(
             env,
             dsn=dsn,
@@ -165,6 +161,7 @@ class PostgresSpanExporter(SpanExporter):
         )
         self.scrubber = resolve_scrubber(scrub, scrub_patterns, scrub_allow, env)
         self._mapper = SpanMapper(
+            late_attributes=LATE_ATTRIBUTES,
             scrubber=self.scrubber,
             execution_id_attribute=self.settings.execution_id_attribute,
             max_value_chars=self.settings.max_value_chars,
@@ -192,9 +189,9 @@ class PostgresSpanExporter(SpanExporter):
         self._pipelined = False
         if not self.enabled:
             _say_tracing_is_off()
-        _exporters.add(self)
+        forks.reset_in_child(forks.EXPORTERS, self)
 
-    def _restart_after_fork(self) -> None:
+    def after_fork_in_child(self) -> None:
         # The sender and replay threads do not survive a fork; the child starts its own at its
         # next export (the spool already dropped the parent's files and locks).
         self._sender.after_fork_in_child()
@@ -213,19 +210,24 @@ class PostgresSpanExporter(SpanExporter):
         return f"PostgresSpanExporter({self.settings!r})"
 
     def stats(self) -> dict[str, int]:
-        """A snapshot of the exporter's counters (and of the spool, when one is open)."""
+        """A snapshot of the exporter's counters (and of the spool, when one is open).
+
+        Spans lost are ``spans_dropped_<reason>``; times are ``export_time_*_us`` in
+        microseconds. The keys in ``DEPRECATED_STATS_KEYS`` are still present, with the
+        value of the key they name, until the next minor release."""
         counters = {
             "spans_exported": 0,
             "spans_duplicate": 0,
             "spans_failed": 0,
-            "spans_rejected": 0,
+            "spans_dropped_rejected": 0,
             "spans_spooled": 0,
             "spans_replayed": 0,
             "export_calls": 0,
             "export_failures": 0,
         }
         counters.update(self._metrics.snapshot())
-        counters["spans_rejected"] = counters.get("spans_dropped_rejected", 0)
+        for old, new in DEPRECATED_STATS_KEYS.items():
+            counters[old] = counters.get(new, 0)
         if self._pipelined:
             counters["sender_rows_in_hand"] = self._sender.rows_in_hand
         spool = self._spool
@@ -358,13 +360,13 @@ class PostgresSpanExporter(SpanExporter):
             # The database answers again: replay now rather than at the next idle check.
             self._spooled_since_success = False
             replayer.wake()
-        if late_attributes:
+        if LATE_ATTRIBUTES:
             self._store_late_attributes(deadline)
         return not outcome.rejected
 
     def _store_late_attributes(self, deadline: float) -> None:
         """Attributes that arrived after their span was exported: update the stored rows."""
-        waiting = late_attributes.waiting()
+        waiting = LATE_ATTRIBUTES.waiting()
         items = [
             (f"{trace_id:032x}", f"{span_id:016x}", json.dumps(attributes))
             for trace_id, span_id, attributes in waiting
@@ -375,39 +377,15 @@ class PostgresSpanExporter(SpanExporter):
             return  # kept for the next export
         for (trace_id, span_id, _), stored in zip(waiting, found, strict=True):
             if stored:
-                late_attributes.pop(trace_id, span_id)
+                LATE_ATTRIBUTES.pop(trace_id, span_id)
 
     def _not_stored(self, rows: list[Row], exc: WriteError) -> None:
+        """Count a batch the database did not take, then spool it (or count it dropped),
+        and say which in one rate-limited warning."""
         kind = type(exc).__name__
         self._metrics.failed(kind)
         self._metrics.spans_failed(len(rows))
-        spool = self._spool
-        fate = "dropped"
-        if spool is not None:
-            try:
-                dropped = spool.append(rows)
-            except SpoolError as spool_exc:
-                self._metrics.dropped(len(rows), "spool_error")
-                self._warnings.warn(
-                    "SpoolError",
-                    "Could not spool %d spans: %s; check OTEL_EXPORTER_POSTGRES_SPOOL_DIR",
-                    len(rows),
-                    describe(spool_exc),
-                )
-            else:
-                fate = "spooled to disk, replayed once the database answers"
-                self._metrics.spooled(len(rows))
-                self._spooled_since_success = True
-                if dropped:
-                    self._metrics.dropped(dropped, "spool_full")
-                    self._warnings.warn(
-                        "spool_full",
-                        "The spool is full: dropped %d spooled spans, oldest first; "
-                        "raise OTEL_EXPORTER_POSTGRES_SPOOL_MAX_MB or fix the database",
-                        dropped,
-                    )
-        else:
-            self._metrics.dropped(len(rows), "no_spool")
+        fate = self._spool_batch(rows)
         self._warnings.warn(
             kind,
             "Could not store %d spans in PostgreSQL (%s): %s; %s",
@@ -416,6 +394,39 @@ class PostgresSpanExporter(SpanExporter):
             exc.cause,
             _ADVICE.get(kind, "see the cause above"),
         )
+
+    def _spool_batch(self, rows: list[Row]) -> str:
+        """Spool ``rows``; every span is counted once, as spooled or as dropped with its
+        reason. Returns what became of them, for the warning."""
+        spool = self._spool
+        if spool is None:
+            self._metrics.dropped(len(rows), "no_spool")
+            return "dropped: no disk spool"
+        try:
+            evicted = spool.append(rows)
+        except SpoolRefused as refused:
+            self._metrics.dropped(len(rows), "spool_full")
+            return f"dropped: {refused}; raise OTEL_EXPORTER_POSTGRES_SPOOL_MAX_MB"
+        except SpoolError as spool_exc:
+            self._metrics.dropped(len(rows), "spool_error")
+            self._warnings.warn(
+                "SpoolError",
+                "Could not spool %d spans: %s; check OTEL_EXPORTER_POSTGRES_SPOOL_DIR",
+                len(rows),
+                describe(spool_exc),
+            )
+            return "dropped: the spool could not write them"
+        self._metrics.spooled(len(rows))
+        self._spooled_since_success = True
+        if evicted:
+            self._metrics.dropped(evicted, "spool_full")
+            self._warnings.warn(
+                "spool_full",
+                "The spool is full: dropped %d spooled spans, oldest first; "
+                "raise OTEL_EXPORTER_POSTGRES_SPOOL_MAX_MB or fix the database",
+                evicted,
+            )
+        return "spooled to disk, replayed once the database answers"
 
     def _open_spool_lazily(self) -> Replayer | None:
         """Open the spool and start its replay thread at the first export (not before: the
@@ -492,28 +503,38 @@ class PostgresSpanExporter(SpanExporter):
             return True
         deadline = time.monotonic() + timeout_millis / 1000
         stored = self._sender.flush(timeout_millis / 1000)
-        if late_attributes:
+        if LATE_ATTRIBUTES:
             with untraced():
                 self._store_late_attributes(deadline)
         return stored
 
-    def shutdown(self) -> None:
-        """Store what the sender holds (within the timeout; the rest is spooled), stop the
-        replay thread, close the spool (its files stay for the next process) and the
-        connection pool; idempotent. Later exports return FAILURE."""
+    def shutdown(self, timeout_millis: float | None = None) -> None:
+        """Store what the sender holds within ``timeout_millis`` (at most
+        ``SHUTDOWN_WAIT_S`` when not given; the rest is spooled), stop the replay thread, close
+        the spool (its files stay for the next process) and the connection pool; idempotent.
+        Later exports return FAILURE. The SDK's batch processor passes what is left of its
+        own shutdown timeout."""
         if self._shutdown:
             return
         self._shutdown = True
-        wait_s = min(self.settings.timeout_s, SHUTDOWN_WAIT_S)
-        left = self._sender.stop(wait_s)
+        limit = None if timeout_millis is None else time.monotonic() + timeout_millis / 1000
+
+        def left(default_s: float) -> float:
+            return (
+                default_s if limit is None else max(0.0, min(default_s, limit - time.monotonic()))
+            )
+
+        wait_s = left(min(self.settings.timeout_s, SHUTDOWN_WAIT_S))
+        unsent = self._sender.stop(wait_s)
         self._stopping.set()
-        for rows in left:  # handed over by export(), which opened the spool
+        for rows in unsent:  # handed over by export(), which opened the spool
             self._not_stored(rows, SenderBusy(f"not stored within {wait_s:g} s of shutdown"))
-        if late_attributes and self.enabled:
+        late_budget_s = left(self.settings.timeout_s)
+        if LATE_ATTRIBUTES and self.enabled and late_budget_s > 0:
             with untraced():
-                self._store_late_attributes(time.monotonic() + self.settings.timeout_s)
+                self._store_late_attributes(time.monotonic() + late_budget_s)
         if self._replayer is not None:
-            self._replayer.stop()
+            self._replayer.stop(left(5.0))
         if self._spool is not None:
             self._spool.close()
-        self._writer.close()
+        self._writer.close(left(5.0))

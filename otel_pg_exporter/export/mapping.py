@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
@@ -23,6 +21,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanKind, StatusCode
 
+from otel_pg_exporter.export.late_attributes import LateAttributes
 from otel_pg_exporter.export.scrubbing import Scrubber
 from otel_pg_exporter.schema.table import Row
 from otel_pg_exporter.settings import (
@@ -288,49 +287,6 @@ def execution_id_of(value: object) -> int | None:
     return None
 
 
-class LateAttributes:
-    """Attributes learned after their span ended, added to its row.
-
-    A Sentry event captured just after an ASGI server span ended still names that span; the
-    span can no longer take attributes, so its ``sentry.event_id`` waits here. The mapper
-    merges it when the span is still queued; otherwise the exporter updates the stored row.
-    """
-
-    def __init__(self, max_entries: int = 10_000, max_age_s: float = 300.0) -> None:
-        self._lock = threading.Lock()
-        self._items: dict[tuple[int, int], tuple[float, dict[str, Any]]] = {}
-        self._max_entries = max_entries
-        self._max_age_s = max_age_s
-
-    def __bool__(self) -> bool:
-        return bool(self._items)
-
-    def add(self, trace_id: int, span_id: int, key: str, value: Any) -> None:
-        with self._lock:
-            if len(self._items) >= self._max_entries:  # spans never exported: forget the oldest
-                self._items.pop(next(iter(self._items)))
-            _, attributes = self._items.get((trace_id, span_id), (0.0, {}))
-            attributes[key] = value
-            self._items[(trace_id, span_id)] = (time.monotonic(), attributes)
-
-    def pop(self, trace_id: int, span_id: int) -> dict[str, Any] | None:
-        with self._lock:
-            item = self._items.pop((trace_id, span_id), None)
-        return None if item is None else item[1]
-
-    def waiting(self) -> list[tuple[int, int, dict[str, Any]]]:
-        """Entries whose span may already be stored; entries too old to matter are dropped."""
-        cutoff = time.monotonic() - self._max_age_s
-        with self._lock:
-            for key in [key for key, (added, _) in self._items.items() if added < cutoff]:
-                del self._items[key]
-            return [
-                (trace_id, span_id, dict(a)) for (trace_id, span_id), (_, a) in self._items.items()
-            ]
-
-
-late_attributes = LateAttributes()
-
 _SAMPLED = 1
 _ORIGIN_CACHE_SIZE = 256
 _NAME_CACHE_SIZE = 4096
@@ -358,8 +314,12 @@ class SpanMapper:
         max_value_chars: int = DEFAULT_MAX_VALUE_CHARS,
         max_span_chars: int = DEFAULT_MAX_SPAN_CHARS,
         scrubber: Scrubber | None = None,
+        late_attributes: LateAttributes | None = None,
     ) -> None:
         self.execution_id_attribute = execution_id_attribute
+        # Attributes that arrived after their span ended, merged into its row when it is
+        # still queued (the exporter passes the process-wide LATE_ATTRIBUTES).
+        self.late_attributes = late_attributes if late_attributes is not None else LateAttributes()
         self.scrubber = scrubber
         self.max_value_chars = max_value_chars
         self.max_span_chars = max_span_chars
@@ -440,6 +400,7 @@ class SpanMapper:
         trace_id, span_id, _, trace_flags, trace_state, _ = context
         origin = self._origin(resource, scope, trace_flags, parent is not None and parent.is_remote)
         attributes = _attribute_dict(raw_attributes)
+        late_attributes = self.late_attributes
         if late_attributes:
             late = late_attributes.pop(trace_id, span_id)
             if late:

@@ -77,9 +77,9 @@ class ExporterMetrics:
         self._add("export_calls", 1)
         self._latency.record(seconds)
         with self._lock:
-            self._counts["export_seconds_total_us"] += round(seconds * 1e6)
-            self._counts["export_seconds_max_us"] = max(
-                self._counts["export_seconds_max_us"], round(seconds * 1e6)
+            self._counts["export_time_total_us"] += round(seconds * 1e6)
+            self._counts["export_time_max_us"] = max(
+                self._counts["export_time_max_us"], round(seconds * 1e6)
             )
 
     def _add(self, name: str, value: int) -> None:

@@ -8,9 +8,10 @@ import time
 from collections.abc import Callable
 
 from otel_pg_exporter._untraced import untraced
+from otel_pg_exporter.errors import WriteError
 from otel_pg_exporter.export.metrics import ExporterMetrics
 from otel_pg_exporter.export.spool import Segment, Spool
-from otel_pg_exporter.export.writer import SpanWriter, WriteError, describe
+from otel_pg_exporter.export.writer import SpanWriter, describe
 
 logger = logging.getLogger("otel_pg_exporter")
 

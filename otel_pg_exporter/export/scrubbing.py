@@ -24,10 +24,13 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from otel_pg_exporter import settings
+from otel_pg_exporter.errors import SettingsError
+from otel_pg_exporter.settings import report_once
+
 REDACTED = "[REDACTED:{rule}]"
 """The marker that replaces a secret; ``{rule}`` is the rule's name, e.g. ``password``."""
 
-PATTERN_SEPARATOR = ";;"
 """Separates regexes in one environment variable (newlines work too): rare inside a regex."""
 
 
@@ -524,13 +527,27 @@ def _custom_marker(match: re.Match[str]) -> str:
     return _marker("custom") if match.end() > match.start() else ""
 
 
-def parse_patterns(text: str) -> tuple[str, ...]:
-    """Regexes from one environment variable: separated by ``;;`` or newlines, surrounding
-    whitespace ignored (write ``[ ]`` for a leading space), empty entries skipped."""
-    entries = text.replace(PATTERN_SEPARATOR, "\n").split("\n")
-    return tuple(entry.strip() for entry in entries if entry.strip())
+def resolve_scrubber(
+    scrub: bool | None,
+    patterns: Sequence[str] | None,
+    allow: Sequence[str] | None,
+    environ: Mapping[str, str],
+) -> Scrubber | None:
+    """The credential scrubber from its three settings, on unless turned off; None when off.
 
-
-def parse_keys(text: str) -> tuple[str, ...]:
-    """Attribute keys from a comma-separated environment variable, blanks skipped."""
-    return tuple(key.strip() for key in text.split(",") if key.strip())
+    A bad explicit pattern raises ``SettingsError`` naming ``scrub_patterns``; a bad pattern
+    in the environment variable is reported once and skipped, keeping the others."""
+    if not settings.resolve("scrub", scrub, environ):
+        return None
+    chosen: tuple[str, ...] = ()
+    for pattern in settings.resolve("scrub_patterns", patterns, environ):
+        try:
+            _compile_extra(pattern)
+        except ValueError as exc:
+            if patterns is not None:
+                raise SettingsError(f"scrub_patterns: {exc}") from None
+            report_once(settings.setting("scrub_patterns").variables[0], pattern, f"{exc}; skipped")
+        else:
+            chosen += (pattern,)
+    allowed: tuple[str, ...] = settings.resolve("scrub_allow", allow, environ)
+    return Scrubber(extra_patterns=chosen, allowed_keys=allowed)

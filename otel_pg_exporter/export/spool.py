@@ -31,13 +31,14 @@ import secrets
 import struct
 import threading
 import time
-import weakref
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
+from otel_pg_exporter.errors import SpoolError, SpoolRefused
+from otel_pg_exporter.export import forks
 from otel_pg_exporter.schema.table import Row
 
 logger = logging.getLogger("otel_pg_exporter")
@@ -51,10 +52,6 @@ _NEW_SUFFIX = ".new"
 # A ``.new`` file older than this was left by a process killed between creating and renaming
 # it; younger ones may be about to be locked by their creator.
 _STALE_NEW_S = 60.0
-
-
-class SpoolError(Exception):
-    """The spool could not do its work: disk full, no permission, directory gone."""
 
 
 @dataclass(frozen=True)
@@ -213,16 +210,19 @@ class Spool:
         self._corrupt_records = 0
         self._dropped_rows = 0
         self._is_closed = False
-        _spools.add(self)
+        forks.reset_in_child(forks.SPOOLS, self)
 
     def __repr__(self) -> str:
         return f"Spool({str(self.directory)!r}, max_bytes={self.max_bytes})"
 
     def append(self, rows: Sequence[Row]) -> int:
-        """Spool ``rows`` as one record; return how many spooled rows were dropped for room.
+        """Spool ``rows`` as one record; return how many *older* spooled rows were deleted
+        to make room for it (0 when it fitted).
 
-        An empty batch writes nothing. Raises SpoolError if the record cannot be written;
-        the segment is then cut back to its last complete record.
+        An empty batch writes nothing. Raises SpoolRefused, writing nothing and deleting
+        nothing, when the record cannot fit (larger than the spool, or room held by a live
+        process): its rows count in ``dropped_rows``. Raises SpoolError if the record cannot
+        be written; the segment is then cut back to its last complete record.
         """
         if not rows:
             return 0
@@ -234,13 +234,24 @@ class Spool:
                 dropped = self._make_room(len(record))
                 if dropped is None:
                     self._dropped_rows += len(rows)
-                    return len(rows)
+                    raise SpoolRefused(self._refusal(len(rows), len(record)), len(rows))
                 self._write(record)
             except OSError as exc:
                 raise SpoolError(
                     f"cannot spool {len(rows)} rows in {self.directory}: {exc}"
                 ) from exc
             return dropped
+
+    def _refusal(self, rows: int, size: int) -> str:
+        if size > self.max_bytes:
+            return (
+                f"a batch of {rows} spans ({size} bytes) is larger than the whole spool "
+                f"({self.max_bytes} bytes)"
+            )
+        return (
+            f"no room for a batch of {rows} spans: the spool ({self.max_bytes} bytes) is held "
+            "by segments of live processes"
+        )
 
     def claim_oldest(self) -> Segment | None:
         """The oldest segment no live process holds (or our own), locked for the caller.
@@ -463,7 +474,7 @@ class Spool:
             raise
         return _Current(name, fd, 0)
 
-    def _forget_after_fork(self) -> None:
+    def after_fork_in_child(self) -> None:
         """In a forked child: let go of the parent's segments and start afresh."""
         # Closing our copies leaves the parent's locks in place: a flock belongs to the open
         # file description, which the parent still holds.
@@ -547,14 +558,3 @@ class Segment:
             else:
                 # Kept locked by this process: no one else replays it while we are alive.
                 spool._closed_fds[name] = fd
-
-
-_spools: weakref.WeakSet[Spool] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for spool in list(_spools):
-        spool._forget_after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

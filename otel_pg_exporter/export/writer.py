@@ -14,7 +14,6 @@ import random
 import socket
 import threading
 import time
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,9 +23,11 @@ from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from otel_pg_exporter._dsn import conninfo_problem, redact_dsn
 from otel_pg_exporter._untraced import untraced
-from otel_pg_exporter.schema.table import STAGE_COLUMNS, Row
-from otel_pg_exporter.settings import conninfo_problem, redact_dsn
+from otel_pg_exporter.errors import WriteError
+from otel_pg_exporter.export import forks
+from otel_pg_exporter.schema.table import INSERTED_FROM_STAGE, STAGE_COLUMNS, Row
 
 logger = logging.getLogger("otel_pg_exporter")
 
@@ -42,16 +43,6 @@ PROBE_DELAY_MAX_S = 5.0
 # network that is still silent never holds the export thread for a full timeout.
 PROBE_BUDGET_S = 1.0
 _GETCONN_SLICE_S = 0.05
-
-
-class WriteError(Exception):
-    """A batch could not be stored; ``cause`` is a short, password-free reason."""
-
-    transient = True
-
-    def __init__(self, cause: str) -> None:
-        super().__init__(cause)
-        self.cause = cause
 
 
 class DatabaseUnavailable(WriteError):
@@ -283,7 +274,6 @@ class SpanWriter:
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Any] | None = None
         self._closed = False
-        self._pid = os.getpid()
         self._watchdog = _Watchdog()
         columns = sql.SQL(", ").join(sql.Identifier(name) for name, _ in STAGE_COLUMNS)
         self._types = [pg_type for _, pg_type in STAGE_COLUMNS]
@@ -299,23 +289,19 @@ class SpanWriter:
         self._copy_sql = sql.SQL("COPY {stage} ({columns}) FROM STDIN (FORMAT BINARY)").format(
             stage=sql.Identifier(STAGE_TABLE), columns=columns
         )
-        # Integer division keeps timestamps exact to the microsecond (float seconds would not).
         self._insert_sql = sql.SQL(
-            "INSERT INTO {target} (trace_id, span_id, parent_span_id, service, operation, kind,"
-            " started_at, completed_at, duration_ms, status, status_message, execution_id,"
-            " metadata, events, links, resource, scope, otel)"
-            " SELECT trace_id, span_id, parent_span_id, service, operation, kind,"
-            " timestamptz 'epoch' + (start_ns / 1000) * interval '1 microsecond',"
-            " timestamptz 'epoch' + (end_ns / 1000) * interval '1 microsecond',"
-            " (end_ns - start_ns) / 1e6::float8, status, status_message, execution_id,"
-            " metadata::jsonb, events::jsonb, links::jsonb, resource::jsonb, scope, otel::jsonb"
-            " FROM {stage} ON CONFLICT DO NOTHING"
-        ).format(target=self._target, stage=sql.Identifier(STAGE_TABLE))
+            "INSERT INTO {target} ({columns}) SELECT {values} FROM {stage} ON CONFLICT DO NOTHING"
+        ).format(
+            target=self._target,
+            columns=sql.SQL(", ").join(sql.Identifier(name) for name, _ in INSERTED_FROM_STAGE),
+            values=sql.SQL(", ").join(sql.SQL(expression) for _, expression in INSERTED_FROM_STAGE),
+            stage=sql.Identifier(STAGE_TABLE),
+        )
         self._add_metadata_sql = sql.SQL(
             "UPDATE {target} SET metadata = metadata || %s::jsonb"
             " WHERE trace_id = %s AND span_id = %s"
         ).format(target=self._target)
-        _track_for_fork(self)
+        forks.reset_in_child(forks.WRITERS, self)
 
     def __repr__(self) -> str:
         return f"SpanWriter(dsn={redact_dsn(self._dsn)!r}, target={self._target.as_string()!r})"
@@ -507,7 +493,7 @@ class SpanWriter:
             with untraced():
                 pool.close(timeout=timeout_s)
 
-    def forget_pool_after_fork(self) -> None:
+    def after_fork_in_child(self) -> None:
         """In a forked child: drop the parent's pool without touching its connections."""
         # psycopg never closes a connection inherited from another process, so dropping the
         # references is safe; the child opens its own pool on its next write.
@@ -515,7 +501,6 @@ class SpanWriter:
         self._lock = threading.Lock()
         self._health = _Health()
         self._watchdog = _Watchdog()
-        self._pid = os.getpid()
 
 
 class _QuietPoolLog(logging.Filter):
@@ -534,18 +519,3 @@ class _QuietPoolLog(logging.Filter):
 _pool_logger = logging.getLogger("psycopg.pool")
 if not any(isinstance(f, _QuietPoolLog) for f in _pool_logger.filters):
     _pool_logger.addFilter(_QuietPoolLog())
-
-
-_writers: weakref.WeakSet[SpanWriter] = weakref.WeakSet()
-
-
-def _track_for_fork(writer: SpanWriter) -> None:
-    _writers.add(writer)
-
-
-def _after_fork_in_child() -> None:
-    for writer in list(_writers):
-        writer.forget_pool_after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -21,7 +22,8 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor, Tr
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Status
 
-from otel_pg_exporter.export.mapping import late_attributes
+from otel_pg_exporter.export.late_attributes import LATE_ATTRIBUTES
+from otel_pg_exporter.export.processor import shutdown_within
 from otel_pg_exporter.export.scrubbing import Scrubber
 
 INSTALL_HINT = "pip install 'otel_pg_exporter[sentry]'"
@@ -71,7 +73,7 @@ def trace_is_sampled(trace_id: int, rate: float) -> bool:
 class _TraceRatioProcessor(SpanProcessor):
     """Hands a span to ``inner`` only when its trace falls within ``rate``."""
 
-    def __init__(self, inner: SpanProcessor, rate: float) -> None:
+    def __init__(self, inner: BatchSpanProcessor, rate: float) -> None:
         self._inner = inner
         self._bound = round(rate * (1 << 64))
 
@@ -83,8 +85,8 @@ class _TraceRatioProcessor(SpanProcessor):
         if context is not None and (context.trace_id & _TRACE_ID_LOW_BITS) < self._bound:
             self._inner.on_end(span)
 
-    def shutdown(self) -> None:
-        self._inner.shutdown()
+    def shutdown(self, timeout_millis: int | None = None) -> None:
+        shutdown_within(self._inner, timeout_millis)
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return self._inner.force_flush(timeout_millis)
@@ -182,7 +184,7 @@ class EventFilter:
                 # response, before the framework reports the error): the row gets it at export.
                 context = span.get_span_context()
                 if context.is_valid:
-                    late_attributes.add(
+                    LATE_ATTRIBUTES.add(
                         context.trace_id, context.span_id, EVENT_ID_ATTRIBUTE, event_id
                     )
         return event
@@ -210,18 +212,22 @@ class EventFilter:
 class SentryBridge:
     """What ``attach`` set up, for the handle to flush and shut down."""
 
-    def __init__(self, processor: SpanProcessor | None, event_filter: EventFilter) -> None:
+    def __init__(self, processor: _TraceRatioProcessor | None, event_filter: EventFilter) -> None:
         self.processor = processor
         self.event_filter = event_filter
 
     def force_flush(self, timeout: float) -> None:
+        """Send what Sentry has queued, spans then events, within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
         if self.processor is not None:
             self.processor.force_flush(int(timeout * 1000))
-        sentry_sdk.flush(timeout=timeout)
+        sentry_sdk.flush(timeout=max(0.0, deadline - time.monotonic()))
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop the span processor within ``timeout`` seconds (sentry-sdk sends its queued
+        events at exit itself)."""
         if self.processor is not None:
-            self.processor.shutdown()
+            self.processor.shutdown(int(timeout * 1000))
 
 
 def attach(

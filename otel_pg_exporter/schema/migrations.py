@@ -26,8 +26,15 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 
+from otel_pg_exporter._dsn import conninfo_problem, redact_dsn
 from otel_pg_exporter._untraced import untraced
-from otel_pg_exporter.settings import DEFAULT_TABLE, conninfo_problem, redact_dsn
+from otel_pg_exporter.errors import MigrationError
+from otel_pg_exporter.schema.table import (
+    DEFAULT_TABLE,
+    MIGRATIONS_TABLE,
+    index_name,
+    index_names,
+)
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -38,15 +45,15 @@ __all__ = [
     "MIGRATIONS_TABLE",
     "Migration",
     "MigrationError",
+    "MigrationResult",
     "applied_versions",
     "available_migrations",
     "index_name",
     "migrate",
     "rollback",
+    "upgrade",
 ]
 
-MIGRATIONS_TABLE = "otel_pg_schema_migrations"
-"""History table, in the spans table's schema: one row per (spans table, applied version)."""
 
 CONNECT_TIMEOUT_S = 10
 APPLICATION_NAME = "otel-pg migrate"
@@ -63,10 +70,6 @@ _ROLLBACK_FILE = "rollback.sql"
 # Passwords shorter than this are not scrubbed from messages by value: they would mangle every
 # word containing them, and libpq never echoes a password anyway (redact_dsn still applies).
 _SCRUB_MIN_CHARS = 4
-
-
-class MigrationError(Exception):
-    """A migration, rollback or history read failed; the message never contains a password."""
 
 
 @dataclass(frozen=True)
@@ -118,19 +121,6 @@ def _rollback_template() -> str:
     return (_sql_dir() / _ROLLBACK_FILE).read_text(encoding="utf-8")
 
 
-def index_name(table: str, suffix: str) -> str:
-    """``{table}_{suffix}_idx``, shortened with a hash of the table name to fit 63 bytes."""
-    tail = f"_{suffix}_idx"
-    full = table + tail
-    if len(full.encode("utf-8")) <= _IDENTIFIER_MAX_BYTES:
-        return full
-    digest = hashlib.sha256(table.encode("utf-8")).hexdigest()[:8]
-    room = _IDENTIFIER_MAX_BYTES - len(tail.encode("utf-8")) - len(digest) - 1
-    # Cut on a character boundary: a split UTF-8 sequence is dropped, never kept half.
-    head = table.encode("utf-8")[:room].decode("utf-8", "ignore")
-    return f"{head}_{digest}{tail}"
-
-
 def _check_identifier(parameter: str, value: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{parameter} must be str, got {type(value).__name__}")
@@ -170,9 +160,10 @@ class _Target:
             "migrations": self.history,
             "table_name": sql.Literal(self.table),
             "migrations_regclass": sql.Literal(self.history.as_string(conn)),
-            "idx_created_at": sql.Identifier(index_name(self.table, "created_at")),
-            "idx_execution_id": sql.Identifier(index_name(self.table, "execution_id")),
-            "idx_service_started_at": sql.Identifier(index_name(self.table, "service_started_at")),
+            **{
+                f"idx_{suffix}": sql.Identifier(name)
+                for suffix, name in index_names(self.table).items()
+            },
         }
 
     def render(
@@ -294,10 +285,28 @@ def _ensure_history(conn: psycopg.Connection[TupleRow], target: _Target) -> None
         )
 
 
+@dataclass(frozen=True)
+class MigrationResult:
+    """What ``upgrade`` did: versions applied now, and objects found missing and recreated."""
+
+    applied: list[int]
+    recreated: list[str]
+
+
 def migrate(dsn: str, *, schema: str | None = None, table: str = DEFAULT_TABLE) -> list[int]:
     """Apply the pending migrations to ``schema.table``; return the versions applied now.
 
-    An empty list means the table was already up to date. Safe to run concurrently.
+    An empty list means the table was already up to date. Safe to run concurrently. A table
+    or index dropped by hand is recreated (see ``upgrade``)."""
+    return upgrade(dsn, schema=schema, table=table).applied
+
+
+def upgrade(dsn: str, *, schema: str | None = None, table: str = DEFAULT_TABLE) -> MigrationResult:
+    """Apply the pending migrations, and recreate what the applied ones made but is gone.
+
+    When the history says a version is applied but the spans table or one of its indexes
+    is missing (dropped by hand, a restore of part of a database), the applied migrations
+    run again: each creates only what does not exist, so nothing present is touched.
     """
     target = _target(schema, table)
     migrations = available_migrations()
@@ -307,6 +316,7 @@ def migrate(dsn: str, *, schema: str | None = None, table: str = DEFAULT_TABLE) 
             _lock(conn)
             _ensure_history(conn, target)
             done = set(_read_applied(conn, target))
+        recreated = _recreate_missing(conn, target, migrations) if done else []
         for migration in migrations:
             if migration.version in done:
                 continue
@@ -331,7 +341,33 @@ def migrate(dsn: str, *, schema: str | None = None, table: str = DEFAULT_TABLE) 
                 )
             applied_now.append(migration.version)
             logger.info("Applied migration %s to %s", migration.filename, target.describe())
-    return applied_now
+    return MigrationResult(applied_now, recreated)
+
+
+def _missing(conn: psycopg.Connection[TupleRow], target: _Target) -> list[str]:
+    """The spans table and its indexes that do not exist, by name."""
+    wanted = [target.table, *index_names(target.table).values()]
+    return [name for name in wanted if not _exists(conn, target.qualified(name))]
+
+
+def _recreate_missing(
+    conn: psycopg.Connection[TupleRow], target: _Target, migrations: list[Migration]
+) -> list[str]:
+    with conn.transaction():
+        _lock(conn)
+        missing = _missing(conn, target)
+        if not missing:
+            return []
+        done = set(_read_applied(conn, target))
+        for migration in migrations:
+            if migration.version in done:
+                conn.execute(target.render(conn, migration.template, migration.filename))
+        logger.warning(
+            "%s was recorded as migrated but %s missing; recreated (empty if the table was)",
+            target.describe(),
+            ", ".join(missing) + (" was" if len(missing) == 1 else " were"),
+        )
+    return missing
 
 
 def applied_versions(

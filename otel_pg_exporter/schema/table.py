@@ -1,10 +1,56 @@
-"""The row format shared by mapping (which builds rows) and writer (which stores them)."""
+"""The spans table's shape, in one place: what the migrations create, what the writer copies
+and inserts, and what the query layer and maintenance refer to.
+
+Pure data and names; no database connection, no OpenTelemetry. ``sql/0001_trace_spans.sql``
+creates exactly ``COLUMNS``, ``PRIMARY_KEY`` and ``INDEXES`` (a test compares the table it
+makes with these), and the writer builds its COPY and INSERT statements from them.
+"""
 
 from __future__ import annotations
 
-# Staging columns, in row order. Times travel as integer nanoseconds since the epoch and
-# become timestamptz and duration_ms in the database, which costs the application nothing;
-# jsonb columns travel as text and are parsed by the server.
+import hashlib
+
+DEFAULT_TABLE = "trace_spans"
+MIGRATIONS_TABLE = "otel_pg_schema_migrations"
+"""History table, in the spans table's schema: one row per (spans table, applied version)."""
+
+# Stored columns, in table order, with their PostgreSQL types.
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("trace_id", "text"),
+    ("span_id", "text"),
+    ("parent_span_id", "text"),
+    ("service", "text"),
+    ("operation", "text"),
+    ("kind", "text"),
+    ("started_at", "timestamp with time zone"),
+    ("completed_at", "timestamp with time zone"),
+    ("duration_ms", "double precision"),
+    ("status", "text"),
+    ("status_message", "text"),
+    ("execution_id", "bigint"),
+    ("metadata", "jsonb"),
+    ("events", "jsonb"),
+    ("links", "jsonb"),
+    ("resource", "jsonb"),
+    ("scope", "text"),
+    ("otel", "jsonb"),
+    ("created_at", "timestamp with time zone"),
+)
+
+PRIMARY_KEY: tuple[str, ...] = ("trace_id", "span_id")
+"""A retried or replayed batch never duplicates a row: inserts skip rows whose key exists.
+Every unique key holds trace_id, so the table can be distributed by it."""
+
+INDEXES: dict[str, tuple[str, ...]] = {
+    "created_at": ("created_at",),
+    "execution_id": ("execution_id",),
+    "service_started_at": ("service", "started_at"),
+}
+"""Secondary indexes by name suffix (``{table}_{suffix}_idx``, see ``index_name``)."""
+
+# Staging columns, in row order: what the exporter sends with binary COPY. Times travel as
+# integer nanoseconds since the epoch and become timestamptz and duration_ms in the database,
+# which costs the application nothing; jsonb columns travel as text, parsed by the server.
 STAGE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("trace_id", "text"),
     ("span_id", "text"),
@@ -23,6 +69,30 @@ STAGE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("resource", "text"),
     ("scope", "text"),
     ("otel", "text"),
+)
+
+# Each stored column the writer fills, and the SQL expression over the staging columns that
+# gives it (created_at takes its default). Integer division keeps timestamps exact to the
+# microsecond, as float seconds would not.
+INSERTED_FROM_STAGE: tuple[tuple[str, str], ...] = (
+    ("trace_id", "trace_id"),
+    ("span_id", "span_id"),
+    ("parent_span_id", "parent_span_id"),
+    ("service", "service"),
+    ("operation", "operation"),
+    ("kind", "kind"),
+    ("started_at", "timestamptz 'epoch' + (start_ns / 1000) * interval '1 microsecond'"),
+    ("completed_at", "timestamptz 'epoch' + (end_ns / 1000) * interval '1 microsecond'"),
+    ("duration_ms", "(end_ns - start_ns) / 1e6::float8"),
+    ("status", "status"),
+    ("status_message", "status_message"),
+    ("execution_id", "execution_id"),
+    ("metadata", "metadata::jsonb"),
+    ("events", "events::jsonb"),
+    ("links", "links::jsonb"),
+    ("resource", "resource::jsonb"),
+    ("scope", "scope"),
+    ("otel", "otel::jsonb"),
 )
 
 Row = tuple[
@@ -44,3 +114,24 @@ Row = tuple[
     str | None,  # scope
     str | None,  # otel
 ]
+"""One staging row, in ``STAGE_COLUMNS`` order (built by the mapping, sent by the writer)."""
+
+_IDENTIFIER_MAX_BYTES = 63
+
+
+def index_name(table: str, suffix: str) -> str:
+    """``{table}_{suffix}_idx``, shortened with a hash of the table name to fit 63 bytes."""
+    tail = f"_{suffix}_idx"
+    full = table + tail
+    if len(full.encode("utf-8")) <= _IDENTIFIER_MAX_BYTES:
+        return full
+    digest = hashlib.sha256(table.encode("utf-8")).hexdigest()[:8]
+    room = _IDENTIFIER_MAX_BYTES - len(tail.encode("utf-8")) - len(digest) - 1
+    # Cut on a character boundary: a split UTF-8 sequence is dropped, never kept half.
+    head = table.encode("utf-8")[:room].decode("utf-8", "ignore")
+    return f"{head}_{digest}{tail}"
+
+
+def index_names(table: str) -> dict[str, str]:
+    """Every secondary index of ``table`` by suffix."""
+    return {suffix: index_name(table, suffix) for suffix in INDEXES}

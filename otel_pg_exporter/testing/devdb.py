@@ -33,7 +33,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from otel_pg_exporter.settings import redact_dsn
+from otel_pg_exporter._dsn import redact_dsn
 
 __all__ = [
     "PASSWORD_ROLE",
