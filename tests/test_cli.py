@@ -83,6 +83,23 @@ def test_migrate_applies_then_reports_up_to_date(
     assert _all_versions() == applied_versions(fresh_dsn)
 
 
+def test_migrate_says_it_recreated_a_table_dropped_by_hand(
+    fresh_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`otel-pg migrate` after a hand-dropped table recreates it and says so (not "up to date")."""
+    assert 0 == main(["migrate", "--dsn", fresh_dsn])
+    with psycopg.connect(fresh_dsn) as conn:
+        conn.execute("DROP TABLE trace_spans")
+    capsys.readouterr()
+
+    assert 0 == main(["migrate", "--dsn", fresh_dsn])
+
+    out = capsys.readouterr().out
+    assert out.startswith("Recreated trace_spans, trace_spans_created_at_idx")
+    assert "up to date" not in out
+    assert _table_exists(fresh_dsn, "trace_spans")
+
+
 def test_migrate_takes_its_settings_from_the_environment(
     fresh_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

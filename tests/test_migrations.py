@@ -20,7 +20,9 @@ from otel_pg_exporter.schema.migrations import (
     index_name,
     migrate,
     rollback,
+    upgrade,
 )
+from otel_pg_exporter.schema.table import COLUMNS, INDEXES, PRIMARY_KEY, index_names
 
 CONTRACT_COLUMNS = [
     ("trace_id", "text", "NO", None),
@@ -152,6 +154,57 @@ def test_migrate_creates_the_contract_table(fresh_dsn: str) -> None:
     ]
     assert expected_history == _history(fresh_dsn)
     assert _all_versions() == applied_versions(fresh_dsn)
+
+
+def test_the_table_module_declares_what_the_migrations_create(fresh_dsn: str) -> None:
+    """schema/table.py's columns, key and index names are those of the migrated table: the
+    writer and the query layer build their SQL from them."""
+    migrate(fresh_dsn)
+
+    columns = _columns(fresh_dsn, "public", "trace_spans")
+    assert list(COLUMNS) == [(name, pg_type) for name, pg_type, _, _ in columns]
+    assert list(PRIMARY_KEY) == _primary_key(fresh_dsn, "public", "trace_spans")
+    assert set(index_names("trace_spans").values()) == (
+        set(_indexes(fresh_dsn, "public", "trace_spans")) - {"trace_spans_pkey"}
+    )
+    assert set(INDEXES) == set(index_names("trace_spans"))
+
+
+def test_migrate_recreates_a_table_dropped_by_hand(fresh_dsn: str) -> None:
+    """With the history intact but the table dropped by hand, migrate recreates the table and
+    its indexes (empty) instead of reporting the database up to date."""
+    migrate(fresh_dsn)
+    with psycopg.connect(fresh_dsn) as conn:
+        conn.execute("DROP TABLE trace_spans")
+
+    result = upgrade(fresh_dsn)
+
+    assert [] == result.applied
+    assert ["trace_spans", *index_names("trace_spans").values()] == result.recreated
+    assert CONTRACT_COLUMNS == _columns(fresh_dsn, "public", "trace_spans")
+    assert {"trace_spans_pkey", *index_names("trace_spans").values()} == set(
+        _indexes(fresh_dsn, "public", "trace_spans")
+    )
+    assert [] == upgrade(fresh_dsn).recreated
+
+
+def test_migrate_recreates_an_index_dropped_by_hand_and_keeps_the_rows(fresh_dsn: str) -> None:
+    """A missing index is recreated; the table and its rows are left as they are."""
+    migrate(fresh_dsn)
+    dropped = index_name("trace_spans", "service_started_at")
+    with psycopg.connect(fresh_dsn) as conn:
+        conn.execute(
+            "INSERT INTO trace_spans (trace_id, span_id, service, operation, kind, started_at,"
+            " completed_at, duration_ms, status) VALUES ('t', 's', 'svc', 'op', 'internal',"
+            " now(), now(), 0, 'unset')"
+        )
+        conn.execute(f'DROP INDEX "{dropped}"')
+
+    assert [dropped] == upgrade(fresh_dsn).recreated
+    assert dropped in _indexes(fresh_dsn, "public", "trace_spans")
+    with psycopg.connect(fresh_dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM trace_spans").fetchone()
+    assert (1,) == row
 
 
 def test_second_migrate_is_a_noop(fresh_dsn: str) -> None:

@@ -186,3 +186,51 @@ def test_installed_otel_pg_migrate_creates_the_table(
     with psycopg.connect(fresh_dsn) as conn:
         row = conn.execute("SELECT to_regclass('trace_spans') IS NOT NULL").fetchone()
     assert (True,) == row
+
+
+# Run inside the fresh venv: every entry point of the distribution loads, every public path
+# imports, and importing the package pulls in no development helper.
+LOAD_EVERYTHING = """
+import importlib, importlib.metadata, json, sys
+import otel_pg_exporter
+imported = sorted(name for name in sys.modules if name.startswith("otel_pg_exporter"))
+loaded = {}
+for entry_point in importlib.metadata.distribution("otel_pg_exporter").entry_points:
+    target = entry_point.load()
+    loaded[entry_point.group + ":" + entry_point.name] = getattr(target, "__name__", repr(target))
+from otel_pg_exporter import CountingBatchSpanProcessor, Handle, PostgresSpanExporter, configure
+from otel_pg_exporter.processor import CountingBatchSpanProcessor as old_path
+print(json.dumps({"imported": imported, "loaded": loaded,
+                  "old_path_is_same": old_path is CountingBatchSpanProcessor}))
+"""
+
+
+def test_installed_wheel_loads_every_entry_point_and_imports_no_dev_helper(
+    installed_venv: Path, tmp_path: Path
+) -> None:
+    """In a fresh venv: the exporter, configurator, post-instrument hook, environment
+    variables, propagator and console script all load; otel_pg_exporter.processor still
+    imports; `import otel_pg_exporter` imports nothing from testing/ (the throwaway
+    PostgreSQL) nor the CLI."""
+    result = _run(
+        [str(installed_venv / "python"), "-c", LOAD_EVERYTHING], cwd=tmp_path, timeout=120
+    )
+    _require_success(result, "loading every entry point")
+    found = json.loads(result.stdout)
+
+    assert {
+        "opentelemetry_traces_exporter:postgres": "PostgresSpanExporter",
+        "opentelemetry_configurator:postgres": "PostgresConfigurator",
+        "opentelemetry_post_instrument:postgres": "post_instrument",
+        "opentelemetry_environment_variables:postgres": (
+            "otel_pg_exporter.environment_variables"
+        ),
+        "opentelemetry_propagator:xtrace": "XTracePropagator",
+        "console_scripts:otel-pg": "main",
+    } == found["loaded"]
+    assert found["old_path_is_same"]
+    assert [] == [
+        name
+        for name in found["imported"]
+        if name.startswith(("otel_pg_exporter.testing", "otel_pg_exporter.cli"))
+    ]
