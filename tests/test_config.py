@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import otel_pg_exporter
 from otel_pg_exporter import PostgresSpanExporter
 from otel_pg_exporter import environment_variables as ev
 from otel_pg_exporter import settings as config_module
@@ -409,3 +410,49 @@ def test_resolve_never_raises_on_any_environment(environ: dict[str, str]) -> Non
     assert settings.timeout_s > 0
     assert settings.pool_max >= 1
     assert settings.table
+
+
+# --- every setting declared once ------------------------------------------------------------
+
+
+def test_every_option_of_configure_and_the_exporter_is_a_declared_setting() -> None:
+    """configure()'s keyword arguments are exactly the settings declared in settings.py, and
+    the exporter's are a subset: no option is resolved outside the one chain."""
+    import inspect
+
+    declared = set(config_module.SETTINGS)
+    configure_options = set(inspect.signature(otel_pg_exporter.configure).parameters)
+    exporter_options = set(inspect.signature(PostgresSpanExporter).parameters) - {"environ"}
+
+    assert declared == configure_options
+    assert set() == exporter_options - declared
+
+
+def test_every_variable_name_is_a_declared_settings_variable() -> None:
+    """environment_variables (the opentelemetry-instrument flags) names exactly the variables
+    the declared settings read, apart from the SDK's and libpq's own."""
+    names = {value for name, value in vars(ev).items() if name.isupper()}
+    read = {
+        variable
+        for setting in config_module.SETTINGS.values()
+        for variable in setting.variables
+        if not variable.startswith("OTEL_BSP_") and variable != "DATABASE_URL"
+    }
+
+    assert names == read
+
+
+def test_the_readme_settings_table_names_every_setting() -> None:
+    """Each declared setting appears in the README's Settings table with its variables."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Settings", 1)[1].split("\n## ", 1)[0]
+    missing = [
+        name
+        for name, setting in config_module.SETTINGS.items()
+        if f"`{name}`" not in table
+        or not all(f"`{variable}`" in table for variable in setting.variables)
+    ]
+
+    assert [] == missing

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,6 +21,7 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from psycopg import sql
+from support import wait_until
 
 from otel_pg_exporter import PostgresSpanExporter
 from otel_pg_exporter import environment_variables as ev
@@ -344,10 +347,12 @@ def test_locked_table_fails_within_the_timeout_then_the_batch_is_stored(
     assert "lock" in warnings[0].lower()
     # After a lock timeout the exporter spools at once until its next probe (0.5 s at first),
     # then writes directly again.
-    deadline = time.monotonic() + 5
-    while exporter.export(spans) != SUCCESS and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert SUCCESS == exporter.export(spans)
+    wait_until(
+        lambda: SUCCESS == exporter.export(spans),
+        5,
+        interval=0.1,
+        message="an export to succeed once the lock is released",
+    )
     assert span_keys(spans) == stored_keys(migrated_dsn)
 
 
@@ -515,3 +520,66 @@ def test_export_rate_of_twenty_thousand_spans(
     print(f"\nexported {len(spans)} spans in {elapsed:.2f} s: {len(spans) / elapsed:,.0f} spans/s")
     assert {SUCCESS} == results
     assert 20_000 == count_rows(migrated_dsn)
+
+
+def big_spans(count: int, value_chars: int) -> list[ReadableSpan]:
+    """``count`` spans each carrying ``value_chars`` of incompressible hex in one attribute."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": SERVICE}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("tests.test_exporter")
+    for index in range(count):
+        with tracer.start_as_current_span(f"big {index}") as span:
+            span.set_attribute("blob", os.urandom(value_chars // 2).hex())
+    provider.shutdown()
+    return list(memory.get_finished_spans())
+
+
+def test_a_batch_larger_than_the_spool_is_counted_once_as_dropped(
+    make_exporter: ExporterFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the database down, a batch bigger than the whole spool is not written: its spans
+    are counted once, as dropped (never also as spooled), and the warning says dropped."""
+    caplog.set_level(logging.WARNING, logger="otel_pg_exporter")
+    exporter = make_exporter(
+        f"postgresql://otel@127.0.0.1:{closed_port()}/traces",
+        spool_dir=str(tmp_path),
+        spool_max_mb=1,
+        timeout=1,
+    )
+    spans = big_spans(300, 8_192)  # about 2.4 MB of rows against a 1 MB spool
+
+    assert FAILURE == exporter.export(spans)
+
+    stats = exporter.stats()
+    assert (0, 300, 300) == (
+        stats["spans_spooled"],
+        stats["spans_dropped_spool_full"],
+        stats["spans_failed"],
+    )
+    (warning,) = [text for text in our_warnings(caplog) if "Could not store" in text]
+    assert "dropped: a batch of 300 spans" in warning
+    assert "larger than the whole spool" in warning
+    assert "spooled to disk" not in warning
+
+
+def test_stats_keys_are_named_for_their_units_and_the_old_names_remain(
+    make_exporter: ExporterFactory, dsn: str
+) -> None:
+    """Export times are export_time_*_us; spans_rejected and export_seconds_*_us are kept as
+    aliases with the same values for one release."""
+    exporter = make_exporter(dsn)
+    assert SUCCESS == exporter.export(make_spans(3))
+
+    stats = exporter.stats()
+    assert stats["export_time_total_us"] > 0
+    assert stats["export_time_max_us"] > 0
+    assert (
+        stats["export_time_total_us"],
+        stats["export_time_max_us"],
+        stats["spans_dropped_rejected"],
+    ) == (
+        stats["export_seconds_total_us"],
+        stats["export_seconds_max_us"],
+        stats["spans_rejected"],
+    )

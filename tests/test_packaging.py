@@ -222,9 +222,7 @@ def test_installed_wheel_loads_every_entry_point_and_imports_no_dev_helper(
         "opentelemetry_traces_exporter:postgres": "PostgresSpanExporter",
         "opentelemetry_configurator:postgres": "PostgresConfigurator",
         "opentelemetry_post_instrument:postgres": "post_instrument",
-        "opentelemetry_environment_variables:postgres": (
-            "otel_pg_exporter.environment_variables"
-        ),
+        "opentelemetry_environment_variables:postgres": ("otel_pg_exporter.environment_variables"),
         "opentelemetry_propagator:xtrace": "XTracePropagator",
         "console_scripts:otel-pg": "main",
     } == found["loaded"]
@@ -234,3 +232,26 @@ def test_installed_wheel_loads_every_entry_point_and_imports_no_dev_helper(
         for name in found["imported"]
         if name.startswith(("otel_pg_exporter.testing", "otel_pg_exporter.cli"))
     ]
+
+
+def test_the_readme_module_map_matches_the_folders() -> None:
+    """Every module path the README's module map names exists, and every subpackage and
+    top-level module of the package is in the map."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Module map", 1)[1].split("\n## ", 1)[0]
+    named = {
+        name
+        for line in section.splitlines()
+        if line.startswith("| `")
+        for name in line.split("|")[1].strip().strip("`").split("`, `")
+    }
+    package = REPO_ROOT / "otel_pg_exporter"
+    present = {
+        f"otel_pg_exporter/{path.name}" + ("/" if path.is_dir() else "")
+        for path in package.iterdir()
+        if not path.name.startswith(("__pycache__", ".")) and path.name != "py.typed"
+    }
+    kept_quietly = {"otel_pg_exporter/__main__.py"}  # python -m otel_pg_exporter: the CLI
+
+    assert [] == sorted(name for name in named if not (REPO_ROOT / name).exists())
+    assert [] == sorted(present - named - kept_quietly)
