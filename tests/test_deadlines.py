@@ -79,7 +79,9 @@ def test_force_flush_after_shutdown_is_false() -> None:
 def stalled_dsn(migrated_dsn: str) -> Iterator[tuple[TcpProxy, str]]:
     """A DSN through a TCP proxy, which the test stalls to make the database go silent."""
     params = conninfo_to_dict(migrated_dsn)
-    with TcpProxy(str(params.get("host", "127.0.0.1")), int(params.get("port", 5432))) as proxy:
+    with TcpProxy(
+        str(params.get("host", "127.0.0.1")), int(str(params.get("port", 5432)))
+    ) as proxy:
         yield proxy, make_conninfo(migrated_dsn, host="127.0.0.1", port=proxy.port)
 
 
