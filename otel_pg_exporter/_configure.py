@@ -190,12 +190,13 @@ def _shutdown_processor(processor: SpanProcessor, timeout_s: float) -> None:
 
 
 def _subset(options: Mapping[str, Any], target: Any, prefix: str = "") -> dict[str, Any]:
-    """The options that ``target`` (a settings dataclass or a class's ``__init__``) takes."""
+    """The options that ``target`` (a settings dataclass whose fields are the settings
+    ``prefix + field``, or a class's ``__init__``) takes, by their ``configure()`` names."""
     if dataclasses.is_dataclass(target):
         names = [prefix + field.name for field in dataclasses.fields(target)]
     else:
         names = list(inspect.signature(target).parameters)
-    return {name[len(prefix) :]: options[name] for name in names if name in options}
+    return {name: options[name] for name in names if name in options}
 
 
 def _pipeline(
