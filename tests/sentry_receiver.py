@@ -10,13 +10,14 @@ from __future__ import annotations
 import gzip
 import json
 import threading
-import time
 import zlib
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from support import wait_until
 
 
 def _decompress(body: bytes, encoding: str) -> bytes:
@@ -122,16 +123,25 @@ class SentryReceiver:
                                 }
                             )
 
-    def wait_for(self, predicate: Any, timeout_s: float = 10.0) -> bool:
-        """Poll until ``predicate(self)`` holds or the timeout passes."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+    def wait_for(
+        self, predicate: Callable[[SentryReceiver], object], timeout_s: float = 10.0
+    ) -> bool:
+        """Poll until ``predicate(self)`` holds; False if it still does not after ``timeout_s``.
+
+        A bool, not a failure, on purpose: callers assert it with the traced process's output
+        as the message, or (the example app's fixture, waiting for a report that may come only
+        at shutdown) wait again later and let the test's own asserts on what arrived tell.
+        """
+
+        def holds() -> bool:
             with self._lock:
-                if predicate(self):
-                    return True
-            time.sleep(0.05)
-        with self._lock:
-            return bool(predicate(self))
+                return bool(predicate(self))
+
+        try:
+            wait_until(holds, timeout_s)
+        except AssertionError:
+            return False
+        return True
 
     def __enter__(self) -> SentryReceiver:
         self._thread.start()

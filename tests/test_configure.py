@@ -10,14 +10,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import pytest
-from support import clean_environ, query
+from support import clean_environ, query, wait_until
 
 import otel_pg_exporter
 from otel_pg_exporter import environment_variables as ev
@@ -519,12 +518,12 @@ def test_schedule_delay_variable_exports_while_the_process_runs(dsn: str) -> Non
         assert process.stdout is not None
         try:
             assert "ready" == process.stdout.readline().strip()
-            ready_at = time.monotonic()
-            stored = 0
-            while stored < 2 and time.monotonic() - ready_at < 3.0:
-                time.sleep(0.05)
-                stored = count_rows(dsn)
-            assert 2 == stored
+            wait_until(
+                lambda: count_rows(dsn) >= 2,
+                3.0,
+                message="both spans in trace_spans with no flush",
+            )
+            assert 2 == count_rows(dsn)
             assert process.poll() is None
         finally:
             process.stdin.close()

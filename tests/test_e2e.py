@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support import clean_environ, query
+from support import clean_environ, query, wait_until
 
 from otel_pg_exporter.schema.migrations import migrate
 from otel_pg_exporter.testing.devdb import PgServer
@@ -64,17 +63,19 @@ def start_service(
 
 def wait_healthy(url: str, service: subprocess.Popen[bytes], log: Path) -> None:
     """Poll ``/health`` until the service answers; fail with its log if it dies or hangs."""
-    deadline = time.monotonic() + 30.0
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
         if service.poll() is not None:
             pytest.fail(f"{url} exited with {service.returncode}:\n{log.read_text()}")
         try:
-            if 200 == httpx.get(f"{url}/health", timeout=1.0).status_code:
-                return
+            return 200 == httpx.get(f"{url}/health", timeout=1.0).status_code
         except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    pytest.fail(f"{url} did not become healthy:\n{log.read_text()}")
+            return False
+
+    try:
+        wait_until(answers, 30.0, message=f"{url} to become healthy")
+    except AssertionError as timed_out:
+        pytest.fail(f"{timed_out}\n{log.read_text()}")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -275,46 +276,137 @@ def poison_batch() -> tuple[list[ReadableSpan], list[ReadableSpan]]:
     return normal, poisoned
 
 
-def test_poison_batch_is_stored_whole_and_sanitised(
-    exporter: PostgresSpanExporter, migrated_dsn: str
-) -> None:
-    """A batch mixing normal spans and every poison value is stored whole, sanitised."""
+# The poisoned spans of poison_batch(), in order, by what they carry.
+POISONED = (
+    "nul",
+    "surrogates",
+    "non-finite",
+    "huge",
+    "many",
+    "events-links",
+    "extended",
+    "resource",
+)
+R = REPLACEMENT  # what a NUL or a lone surrogate becomes
+NON_FINITE_JSON = {
+    "nan": "NaN",
+    "inf": "Infinity",
+    "ninf": "-Infinity",
+    "floats": [1.5, "NaN", "Infinity", "-Infinity"],
+}
+TRUNCATED_BLOB = (
+    "x" * DEFAULT_MAX_VALUE_CHARS + f"…[truncated {HUGE - DEFAULT_MAX_VALUE_CHARS} chars]"
+)
+
+
+@dataclass(frozen=True)
+class PoisonExport:
+    """What exporting the mixed poison batch gave: the result, the spans and the stored rows."""
+
+    result: SpanExportResult
+    batch: list[ReadableSpan]
+    normal: list[ReadableSpan]
+    poisoned: dict[str, ReadableSpan]
+    rows: dict[tuple[str, str], dict[str, Any]]
+
+    def row(self, poisoned: str) -> dict[str, Any]:
+        """The stored row of the poisoned span named ``poisoned`` (see POISONED)."""
+        key = ids(self.poisoned[poisoned])
+        assert key in self.rows, f"the {poisoned!r} span was not stored"
+        return self.rows[key]
+
+
+@pytest.fixture
+def poison_export(exporter: PostgresSpanExporter, migrated_dsn: str) -> PoisonExport:
+    """Normal spans and every poison value, interleaved in one batch, exported once."""
     normal, poisoned = poison_batch()
     batch = [normal[0], *poisoned[:4], normal[1], *poisoned[4:], normal[2]]
-
-    assert SpanExportResult.SUCCESS == exporter.export(batch)
-
-    rows = stored_rows(migrated_dsn)
-    assert {ids(span) for span in batch} == set(rows)
-    r = REPLACEMENT
-    for span in normal:
-        assert {"n": (span.attributes or {})["n"]} == rows[ids(span)]["metadata"]
-    nul, surrogate, non_finite, huge, many, events_links, extended, resource = (
-        rows[ids(span)] for span in poisoned
+    result = exporter.export(batch)
+    return PoisonExport(
+        result,
+        batch,
+        normal,
+        dict(zip(POISONED, poisoned, strict=True)),
+        stored_rows(migrated_dsn),
     )
-    assert {f"k{r}ey": f"v{r}al", "list": [f"a{r}", "b"], r: r} == nul["metadata"]
-    assert (f"na{r}me", f"fail{r}ed") == (nul["operation"], nul["status_message"])
-    assert {"pair": "\U0001f600", "lone": f"a{r}b", r: r} == surrogate["metadata"]
-    assert (f"surrogate {r}", f"{r} lone") == (surrogate["operation"], surrogate["status_message"])
-    expected_non_finite = {
-        "nan": "NaN",
-        "inf": "Infinity",
-        "ninf": "-Infinity",
-        "floats": [1.5, "NaN", "Infinity", "-Infinity"],
-    }
-    assert typed(expected_non_finite) == typed(non_finite["metadata"])
-    cut = HUGE - DEFAULT_MAX_VALUE_CHARS
-    expected_blob = "x" * DEFAULT_MAX_VALUE_CHARS + f"…[truncated {cut} chars]"
-    assert {"blob": expected_blob, "small": "kept"} == huge["metadata"]
-    assert "v" * 20_000 == many["metadata"]["attr.000"]
-    assert any(str(value).endswith(" chars]") for value in many["metadata"].values())
-    expected_event = {"name": f"ev{r}{r}", "attributes": {f"a{r}": "NaN", "s": r}}
-    (event,) = events_links["events"]
-    assert expected_event == {"name": event["name"], "attributes": event["attributes"]}
-    assert {f"l{r}": "-Infinity", "t": r} == events_links["links"][0]["attributes"]
-    assert {"none": None, "bytes": f"{r}\\xff", "map": {f"k{r}": "NaN"}} == extended["metadata"]
-    assert (f"svc{r}", f"sc{r}") == (resource["service"], resource["scope"])
-    assert {"service.name": f"svc{r}", f"h{r}": r} == resource["resource"]
+
+
+# Each check gives (expected, actual) for one behaviour.
+PoisonCheck = Callable[[PoisonExport], tuple[object, object]]
+POISON_CHECKS: dict[str, PoisonCheck] = {
+    "export-succeeds": lambda p: (SpanExportResult.SUCCESS, p.result),
+    "every-span-stored": lambda p: ({ids(span) for span in p.batch}, set(p.rows)),
+    "normal-spans-untouched": lambda p: (
+        [{"n": (span.attributes or {})["n"]} for span in p.normal],
+        [p.rows[ids(span)]["metadata"] for span in p.normal],
+    ),
+    "nul-in-attributes": lambda p: (
+        {f"k{R}ey": f"v{R}al", "list": [f"a{R}", "b"], R: R},
+        p.row("nul")["metadata"],
+    ),
+    "nul-in-name-and-status-message": lambda p: (
+        (f"na{R}me", f"fail{R}ed"),
+        (p.row("nul")["operation"], p.row("nul")["status_message"]),
+    ),
+    "surrogates-in-attributes": lambda p: (
+        {"pair": "\U0001f600", "lone": f"a{R}b", R: R},
+        p.row("surrogates")["metadata"],
+    ),
+    "surrogates-in-name-and-status-message": lambda p: (
+        (f"surrogate {R}", f"{R} lone"),
+        (p.row("surrogates")["operation"], p.row("surrogates")["status_message"]),
+    ),
+    "non-finite-floats-become-strings": lambda p: (
+        typed(NON_FINITE_JSON),
+        typed(p.row("non-finite")["metadata"]),
+    ),
+    "huge-value-truncated": lambda p: (
+        {"blob": TRUNCATED_BLOB, "small": "kept"},
+        p.row("huge")["metadata"],
+    ),
+    "many-values-first-kept-whole": lambda p: (
+        "v" * 20_000,
+        p.row("many")["metadata"]["attr.000"],
+    ),
+    "many-values-beyond-the-span-cap-truncated": lambda p: (
+        True,
+        any(str(value).endswith(" chars]") for value in p.row("many")["metadata"].values()),
+    ),
+    "poison-in-events": lambda p: (
+        [{"name": f"ev{R}{R}", "attributes": {f"a{R}": "NaN", "s": R}}],
+        [
+            {"name": event["name"], "attributes": event["attributes"]}
+            for event in p.row("events-links")["events"]
+        ],
+    ),
+    "poison-in-links": lambda p: (
+        {f"l{R}": "-Infinity", "t": R},
+        p.row("events-links")["links"][0]["attributes"],
+    ),
+    "none-bytes-and-mappings": lambda p: (
+        {"none": None, "bytes": f"{R}\\xff", "map": {f"k{R}": "NaN"}},
+        p.row("extended")["metadata"],
+    ),
+    "poison-in-service-and-scope": lambda p: (
+        (f"svc{R}", f"sc{R}"),
+        (p.row("resource")["service"], p.row("resource")["scope"]),
+    ),
+    "poison-in-resource": lambda p: (
+        {"service.name": f"svc{R}", f"h{R}": R},
+        p.row("resource")["resource"],
+    ),
+}
+
+
+@pytest.mark.parametrize("check", POISON_CHECKS.values(), ids=POISON_CHECKS.keys())
+def test_poison_batch_is_stored_whole_and_sanitised(
+    poison_export: PoisonExport, check: PoisonCheck
+) -> None:
+    """A batch mixing normal spans and every poison value is stored whole, and each value is
+    sanitised as the case's id says."""
+    expected, actual = check(poison_export)
+
+    assert expected == actual
 
 
 def test_batch_with_an_integer_too_long_for_json_is_stored(
