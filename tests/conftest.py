@@ -13,6 +13,8 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from tcp_proxy import TcpProxy
 
 from otel_pg_exporter.testing.devdb import DevCluster, ExternalServer, PgServer
 
@@ -109,3 +111,13 @@ def dsn(module_database: str) -> str:
     with psycopg.connect(module_database) as conn:
         conn.execute("TRUNCATE trace_spans")
     return module_database
+
+
+@pytest.fixture
+def proxied(migrated_dsn: str) -> Iterator[tuple[TcpProxy, str]]:
+    """A migrated database reached through a TCP proxy the test can stall, cut or resume."""
+    params = conninfo_to_dict(migrated_dsn)
+    with TcpProxy(
+        str(params.get("host", "127.0.0.1")), int(str(params.get("port", 5432)))
+    ) as proxy:
+        yield proxy, make_conninfo(migrated_dsn, host="127.0.0.1", port=proxy.port)

@@ -4,16 +4,13 @@ into one absolute deadline shared by the Sentry bridge, the processor and the ex
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from tcp_proxy import TcpProxy
 
 from otel_pg_exporter import CountingBatchSpanProcessor, Handle, PostgresSpanExporter
@@ -75,23 +72,13 @@ def test_force_flush_after_shutdown_is_false() -> None:
     assert False is handle.force_flush(timeout=1.0)
 
 
-@pytest.fixture
-def stalled_dsn(migrated_dsn: str) -> Iterator[tuple[TcpProxy, str]]:
-    """A DSN through a TCP proxy, which the test stalls to make the database go silent."""
-    params = conninfo_to_dict(migrated_dsn)
-    with TcpProxy(
-        str(params.get("host", "127.0.0.1")), int(str(params.get("port", 5432)))
-    ) as proxy:
-        yield proxy, make_conninfo(migrated_dsn, host="127.0.0.1", port=proxy.port)
-
-
 def test_shutdown_honours_its_timeout_when_the_database_goes_silent(
-    migrated_dsn: str, stalled_dsn: tuple[TcpProxy, str], tmp_path: Path
+    migrated_dsn: str, proxied: tuple[TcpProxy, str], tmp_path: Path
 ) -> None:
     """Handle.shutdown(timeout=0.5) with spans held by a sender stuck on a silent network
     passes the exporter at most what is left of 0.5 s, returns about then (not after the
     exporter's own 3 s shutdown wait), and spools the spans it could not store."""
-    proxy, dsn = stalled_dsn
+    proxy, dsn = proxied
     exporter = PostgresSpanExporter(dsn, enabled=True, timeout=30, spool_dir=str(tmp_path))
     given: list[Any] = []
     real_shutdown = exporter.shutdown

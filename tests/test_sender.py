@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -22,7 +21,6 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from tcp_proxy import TcpProxy
 
 from otel_pg_exporter import PostgresSpanExporter
@@ -224,15 +222,6 @@ def test_the_plain_sdk_processor_keeps_export_synchronous(migrated_dsn: str) -> 
         assert 10 == count_rows(migrated_dsn)
     finally:
         provider.shutdown()
-
-
-@pytest.fixture
-def proxied(migrated_dsn: str) -> Iterator[tuple[TcpProxy, str]]:
-    params = conninfo_to_dict(migrated_dsn)
-    with TcpProxy(
-        str(params.get("host", "127.0.0.1")), int(str(params.get("port", 5432)))
-    ) as proxy:
-        yield proxy, make_conninfo(migrated_dsn, host="127.0.0.1", port=proxy.port)
 
 
 def test_a_silent_database_never_holds_the_export_thread_and_nothing_is_lost(
