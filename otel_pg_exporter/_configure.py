@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import importlib.util
 import inspect
 import logging
 import os
@@ -362,18 +363,20 @@ def _check_sentry_dsn(dsn: str) -> None:
 def _attach_sentry(
     options: SentrySettings, provider: TracerProvider | None, scrubber: Any, *, explicit: bool
 ) -> SentryBridge | None:
-    """Start the bridge when a DSN is set or sentry-sdk already runs; else None.
+    """Start the bridge when a DSN is set or sentry-sdk already runs, or wait for the
+    application's own ``sentry_sdk.init`` when sentry-sdk is installed; else None.
 
     A bad SENTRY_DSN (or a missing extra) is reported and leaves tracing running."""
     already_running = "sentry_sdk" in sys.modules and _sentry_client_active()
-    if not options.dsn and not already_running:
+    if not options.dsn and not already_running and importlib.util.find_spec("sentry_sdk") is None:
         return None
     try:
         from otel_pg_exporter.integrations import sentry
     except ImportError as exc:
         if explicit:
             raise
-        logger.warning("SENTRY_DSN is set but the Sentry bridge is off: %s", exc)
+        if options.dsn or already_running:
+            logger.warning("SENTRY_DSN is set but the Sentry bridge is off: %s", exc)
         return None
     if options.dsn and not already_running:
         problem = sentry.check_dsn(options.dsn)

@@ -57,10 +57,12 @@ def parse_envelope(data: bytes) -> list[tuple[dict[str, Any], bytes]]:
 
 
 class SentryReceiver:
-    """Collects error events and OTLP spans sent by sentry-sdk and its OTLP exporter."""
+    """Collects error events, transactions and OTLP spans sent by sentry-sdk and its OTLP
+    exporter."""
 
     def __init__(self, *, refuse: bool = False) -> None:
         self.events: list[dict[str, Any]] = []
+        self.transactions: list[dict[str, Any]] = []
         self.spans: list[dict[str, Any]] = []
         self.bodies: list[bytes] = []  # every request body as received, decompressed
         self.requests = 0
@@ -106,6 +108,8 @@ class SentryReceiver:
                 for header, payload in parse_envelope(body):
                     if header.get("type") == "event":
                         self.events.append(json.loads(payload))
+                    elif header.get("type") == "transaction":
+                        self.transactions.append(json.loads(payload))
             elif "otlp/v1/traces" in path:
                 request = ExportTraceServiceRequest()
                 request.ParseFromString(body)
