@@ -43,9 +43,19 @@ class MigrationError(OtelPgError):
     """A migration, rollback or history read failed."""
 
 
+class QueryError(OtelPgError):
+    """A read of the spans table failed: no connection, functions not installed, bad input."""
+
+
+class NotFound(QueryError):
+    """The trace, span or execution asked for has no rows."""
+
+
 __all__ = [
     "MigrationError",
+    "NotFound",
     "OtelPgError",
+    "QueryError",
     "SettingsError",
     "SpoolError",
     "SpoolRefused",
