@@ -8,6 +8,17 @@
 -- recorded in it. A schema created by migrate is left in place: it may have existed before.
 -- No CASCADE: a view someone built on the table makes the rollback fail instead of vanishing.
 
+-- The query functions first: their SQL-standard bodies depend on the table.
+DROP FUNCTION IF EXISTS
+    {fn_trace_tree}(text),
+    {fn_trace_gaps}(text, double precision),
+    {fn_critical_path}(text),
+    {fn_orphan_spans}(timestamptz, text),
+    {fn_error_traces}(timestamptz, text),
+    {fn_slow_operations}(timestamptz, text),
+    {fn_execution_trace}(bigint),
+    {fn_service_map}(timestamptz);
+
 DROP TABLE IF EXISTS {table};
 
 -- The names reach the DO block through transaction-local settings, so that no user text is

@@ -22,7 +22,14 @@ from otel_pg_exporter.schema.migrations import (
     rollback,
     upgrade,
 )
-from otel_pg_exporter.schema.table import COLUMNS, INDEXES, PRIMARY_KEY, index_names
+from otel_pg_exporter.schema.table import (
+    COLUMNS,
+    FUNCTIONS,
+    INDEXES,
+    PRIMARY_KEY,
+    function_names,
+    index_names,
+)
 
 CONTRACT_COLUMNS = [
     ("trace_id", "text", "NO", None),
@@ -131,7 +138,12 @@ def test_migrate_creates_the_contract_table(fresh_dsn: str) -> None:
         "trace_spans_created_at_idx",
         "trace_spans_execution_id_idx",
         "trace_spans_service_started_at_idx",
+        "trace_spans_started_at_idx",
+        "trace_spans_errors_started_at_idx",
     } == set(indexes)
+    assert indexes["trace_spans_errors_started_at_idx"].endswith(
+        "USING btree (started_at) WHERE (status = 'error'::text)"
+    )
     assert indexes["trace_spans_created_at_idx"].endswith("USING btree (created_at)")
     assert indexes["trace_spans_execution_id_idx"].endswith(
         "USING btree (execution_id) WHERE (execution_id IS NOT NULL)"
@@ -175,12 +187,13 @@ def test_migrate_recreates_a_table_dropped_by_hand(fresh_dsn: str) -> None:
     its indexes (empty) instead of reporting the database up to date."""
     migrate(fresh_dsn)
     with psycopg.connect(fresh_dsn) as conn:
-        conn.execute("DROP TABLE trace_spans")
+        conn.execute("DROP TABLE trace_spans CASCADE")  # the query functions depend on it
 
     result = upgrade(fresh_dsn)
 
     assert [] == result.applied
-    assert ["trace_spans", *index_names("trace_spans").values()] == result.recreated
+    assert ["trace_spans"] == result.recreated  # with everything built on it
+    assert set(FUNCTIONS) <= _functions(fresh_dsn, "public")
     assert CONTRACT_COLUMNS == _columns(fresh_dsn, "public", "trace_spans")
     assert {"trace_spans_pkey", *index_names("trace_spans").values()} == set(
         _indexes(fresh_dsn, "public", "trace_spans")
@@ -205,6 +218,16 @@ def test_migrate_recreates_an_index_dropped_by_hand_and_keeps_the_rows(fresh_dsn
     with psycopg.connect(fresh_dsn) as conn:
         row = conn.execute("SELECT count(*) FROM trace_spans").fetchone()
     assert (1,) == row
+
+
+def _functions(dsn: str, schema: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname = %s",
+            (schema,),
+        ).fetchall()
+    return {row[0] for row in rows}
 
 
 def test_second_migrate_is_a_noop(fresh_dsn: str) -> None:
@@ -244,12 +267,12 @@ def test_custom_schema_and_table(fresh_dsn: str) -> None:
 
     assert CONTRACT_COLUMNS == _columns(fresh_dsn, "obs", "spans")
     assert CONTRACT_COLUMNS == _columns(fresh_dsn, "obs", "spans_b")
-    assert {
-        "spans_pkey",
-        "spans_created_at_idx",
-        "spans_execution_id_idx",
-        "spans_service_started_at_idx",
-    } == set(_indexes(fresh_dsn, "obs", "spans"))
+    assert {"spans_pkey", *index_names("spans").values()} == set(
+        _indexes(fresh_dsn, "obs", "spans")
+    )
+    assert {f"spans_{base}" for base in FUNCTIONS} == _functions(fresh_dsn, "obs") & {
+        f"spans_{base}" for base in FUNCTIONS
+    }
     assert {"spans", "spans_b"} == {row[0] for row in _history(fresh_dsn, "obs")}
     assert _all_versions() == applied_versions(fresh_dsn, schema="obs", table="spans")
     assert [] == applied_versions(fresh_dsn)
@@ -342,13 +365,18 @@ def test_rollback_leaves_a_table_it_did_not_create(fresh_dsn: str) -> None:
 
 
 def test_longest_table_name_gets_distinct_index_names(fresh_dsn: str) -> None:
-    """A 63-byte table name still gets three distinct index names of at most 63 bytes."""
+    """A 63-byte table name still gets distinct index and function names of at most 63
+    bytes."""
     name = "s" * 61 + "é"
 
     migrate(fresh_dsn, table=name)
 
     names = set(_indexes(fresh_dsn, "public", name))
-    assert 4 == len(names)
+    assert 1 + len(INDEXES) == len(names)
+    functions = set(function_names(name).values())
+    assert len(FUNCTIONS) == len(functions)
+    assert functions <= _functions(fresh_dsn, "public")
+    assert all(len(function.encode()) <= 63 for function in functions)
     assert all(len(index.encode()) <= 63 for index in names)
     assert index_name(name, "created_at") in names
 

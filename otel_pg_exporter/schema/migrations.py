@@ -32,6 +32,7 @@ from otel_pg_exporter.errors import MigrationError
 from otel_pg_exporter.schema.table import (
     DEFAULT_TABLE,
     MIGRATIONS_TABLE,
+    function_names,
     index_name,
     index_names,
 )
@@ -164,6 +165,10 @@ class _Target:
                 f"idx_{suffix}": sql.Identifier(name)
                 for suffix, name in index_names(self.table).items()
             },
+            **{
+                f"fn_{base}": self.qualified(name)
+                for base, name in function_names(self.table).items()
+            },
         }
 
     def render(
@@ -175,9 +180,16 @@ class _Target:
             raise MigrationError(
                 f"{filename}: bad template ({type(exc).__name__}: {exc}); "
                 "placeholders are {table}, {migrations}, {table_name}, {migrations_regclass}, "
-                "{idx_created_at}, {idx_execution_id}, {idx_service_started_at}; "
+                "{idx_<suffix>} for each index and {fn_<name>} for each query function; "
                 "double literal braces"
             ) from None
+
+    def functions(self) -> list[str]:
+        return list(function_names(self.table).values())
+
+    def objects(self) -> list[str]:
+        """What the migrations create for this table: the table, its indexes, functions."""
+        return [self.table, *index_names(self.table).values(), *self.functions()]
 
     def describe(self) -> str:
         return f"{self.schema}.{self.table}" if self.schema else self.table
@@ -304,9 +316,11 @@ def migrate(dsn: str, *, schema: str | None = None, table: str = DEFAULT_TABLE) 
 def upgrade(dsn: str, *, schema: str | None = None, table: str = DEFAULT_TABLE) -> MigrationResult:
     """Apply the pending migrations, and recreate what the applied ones made but is gone.
 
-    When the history says a version is applied but the spans table or one of its indexes
-    is missing (dropped by hand, a restore of part of a database), the applied migrations
-    run again: each creates only what does not exist, so nothing present is touched.
+    When the history says a version is applied but the spans table, one of its indexes or
+    query functions is missing (dropped by hand, a restore of part of a database), the
+    applied migrations run again: each creates only what does not exist (functions are
+    replaced), so no row is touched. ``recreated`` names what was found missing: the table
+    alone when it was (its indexes and functions went with it).
     """
     target = _target(schema, table)
     migrations = available_migrations()
@@ -316,7 +330,9 @@ def upgrade(dsn: str, *, schema: str | None = None, table: str = DEFAULT_TABLE) 
             _lock(conn)
             _ensure_history(conn, target)
             done = set(_read_applied(conn, target))
-        recreated = _recreate_missing(conn, target, migrations) if done else []
+        # A table dropped by hand must be back before later migrations build on it; the
+        # other objects are checked once every migration has run.
+        recreated = _recreate_missing(conn, target, migrations, [target.table]) if done else []
         for migration in migrations:
             if migration.version in done:
                 continue
@@ -341,28 +357,43 @@ def upgrade(dsn: str, *, schema: str | None = None, table: str = DEFAULT_TABLE) 
                 )
             applied_now.append(migration.version)
             logger.info("Applied migration %s to %s", migration.filename, target.describe())
+        if done:
+            recreated += _recreate_missing(conn, target, migrations, target.objects())
     return MigrationResult(applied_now, recreated)
 
 
-def _missing(conn: psycopg.Connection[TupleRow], target: _Target) -> list[str]:
-    """The spans table and its indexes that do not exist, by name."""
-    wanted = [target.table, *index_names(target.table).values()]
-    return [name for name in wanted if not _exists(conn, target.qualified(name))]
+def _missing(conn: psycopg.Connection[TupleRow], target: _Target, names: list[str]) -> list[str]:
+    """Those of ``names`` (the table, its indexes, its functions) that do not exist."""
+    missing = []
+    for name in names:
+        lookup = "to_regproc" if name in target.functions() else "to_regclass"
+        row = conn.execute(
+            sql.SQL("SELECT {}(%s) IS NULL").format(sql.Identifier(lookup)),
+            (target.qualified(name).as_string(conn),),
+        ).fetchone()
+        if row and row[0]:
+            missing.append(name)
+    return missing
 
 
 def _recreate_missing(
-    conn: psycopg.Connection[TupleRow], target: _Target, migrations: list[Migration]
+    conn: psycopg.Connection[TupleRow],
+    target: _Target,
+    migrations: list[Migration],
+    names: list[str],
 ) -> list[str]:
+    """Run the applied migrations again when any of ``names`` is gone: each creates only what
+    does not exist. The names found missing."""
     with conn.transaction():
         _lock(conn)
-        missing = _missing(conn, target)
+        missing = _missing(conn, target, names)
         if not missing:
             return []
         done = set(_read_applied(conn, target))
         for migration in migrations:
             if migration.version in done:
                 conn.execute(target.render(conn, migration.template, migration.filename))
-        logger.warning(
+        logger.info(
             "%s was recorded as migrated but %s missing; recreated (empty if the table was)",
             target.describe(),
             ", ".join(missing) + (" was" if len(missing) == 1 else " were"),

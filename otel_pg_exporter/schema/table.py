@@ -45,6 +45,10 @@ INDEXES: dict[str, tuple[str, ...]] = {
     "created_at": ("created_at",),
     "execution_id": ("execution_id",),
     "service_started_at": ("service", "started_at"),
+    # Migration 0002, for the query functions: time windows over every service, and the
+    # (few) error spans of a window without reading the others.
+    "started_at": ("started_at",),
+    "errors_started_at": ("started_at",),  # WHERE status = 'error'
 }
 """Secondary indexes by name suffix (``{table}_{suffix}_idx``, see ``index_name``)."""
 
@@ -130,6 +134,38 @@ def index_name(table: str, suffix: str) -> str:
     # Cut on a character boundary: a split UTF-8 sequence is dropped, never kept half.
     head = table.encode("utf-8")[:room].decode("utf-8", "ignore")
     return f"{head}_{digest}{tail}"
+
+
+FUNCTIONS: tuple[str, ...] = (
+    "trace_tree",
+    "trace_gaps",
+    "critical_path",
+    "orphan_spans",
+    "error_traces",
+    "slow_operations",
+    "execution_trace",
+    "service_map",
+)
+"""The query functions (migration 0002), by their names for the default table."""
+
+
+def function_name(table: str, base: str) -> str:
+    """``base`` for the default table, ``{table}_{base}`` for another (shortened with a hash
+    of the table name to fit 63 bytes): two spans tables in one schema never share one."""
+    if table == DEFAULT_TABLE:
+        return base
+    full = f"{table}_{base}"
+    if len(full.encode("utf-8")) <= _IDENTIFIER_MAX_BYTES:
+        return full
+    digest = hashlib.sha256(table.encode("utf-8")).hexdigest()[:8]
+    room = _IDENTIFIER_MAX_BYTES - len(base.encode("utf-8")) - len(digest) - 2
+    head = table.encode("utf-8")[:room].decode("utf-8", "ignore")
+    return f"{head}_{digest}_{base}"
+
+
+def function_names(table: str) -> dict[str, str]:
+    """Every query function of ``table`` by its default name."""
+    return {base: function_name(table, base) for base in FUNCTIONS}
 
 
 def index_names(table: str) -> dict[str, str]:

@@ -1,0 +1,237 @@
+"""The query layer: pure functions over a connection, one per SQL function, returning rows.
+
+The CLI, the MCP server and the tests call these; none re-implements the SQL functions of
+``sql/0002_query_functions.sql``. Every call runs in a read-only transaction with a statement
+timeout, and every failure becomes a ``QueryError`` whose message holds no password.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+
+from otel_pg_exporter._dsn import conninfo_problem, redact_dsn
+from otel_pg_exporter._untraced import untraced
+from otel_pg_exporter.errors import NotFound, QueryError
+from otel_pg_exporter.query.rows import (
+    ErrorTrace,
+    ExecutionSpan,
+    Gap,
+    OrphanGroup,
+    PathSpan,
+    ServiceEdge,
+    SlowOperation,
+    TreeSpan,
+)
+from otel_pg_exporter.schema.table import DEFAULT_TABLE, function_name
+
+_R = TypeVar("_R")
+
+APPLICATION_NAME = "otel-pg query"
+CONNECT_TIMEOUT_S = 10
+STATEMENT_TIMEOUT_MS = 30_000
+_HEX = re.compile(r"[0-9a-f]+")
+_SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)\s*$", re.IGNORECASE)
+_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+@dataclass(frozen=True)
+class Target:
+    """The spans table (and so its functions) a query reads."""
+
+    schema: str | None = None
+    table: str = DEFAULT_TABLE
+
+    def function(self, base: str) -> sql.Identifier:
+        name = function_name(self.table, base)
+        return sql.Identifier(self.schema, name) if self.schema else sql.Identifier(name)
+
+
+def trace_id_of(text: str) -> str:
+    """A trace id as stored: 32 lowercase hex; 16 hex (older services) is left-padded with
+    zeros, as B3 does. Anything else raises ValueError."""
+    folded = text.strip().lower()
+    if len(folded) == 16 and _HEX.fullmatch(folded):
+        return folded.rjust(32, "0")
+    if len(folded) != 32 or not _HEX.fullmatch(folded):
+        shown = text if len(text) <= 40 else text[:40] + "…"
+        raise ValueError(f"a trace id is 32 hex characters, not {shown!r}")
+    return folded
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """``30m``, ``1h``, ``2d``, ``1w`` (before now) or an ISO 8601 time (UTC when it names no
+    zone); ValueError otherwise."""
+    now = now or datetime.now(timezone.utc)
+    match = _SINCE.match(text)
+    if match:
+        return now - timedelta(seconds=float(match[1]) * _UNITS[match[2].lower()])
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"--since takes 30m, 1h, 2d, 1w or an ISO 8601 time, not {text!r}"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+@contextmanager
+def connect(dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection for queries; a failure to connect is a QueryError without the password."""
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.Error as exc:
+        raise QueryError(conninfo_problem(dsn, exc)) from None
+    with untraced():
+        try:
+            conn = psycopg.connect(
+                dsn,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                application_name=APPLICATION_NAME,
+            )
+        except psycopg.Error as exc:
+            shown = repr(redact_dsn(dsn)) if dsn.strip() else "the libpq defaults (PG* variables)"
+            raise QueryError(f"cannot connect to {shown}: {_scrub(exc, dsn)}") from None
+        with conn:
+            yield conn
+
+
+def _scrub(exc: BaseException, dsn: str) -> str:
+    text = redact_dsn(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except psycopg.Error:
+        password = None
+    if isinstance(password, str) and len(password) >= 4:
+        text = text.replace(password, "***")
+    return text
+
+
+def _call(
+    conn: psycopg.Connection[Any],
+    target: Target,
+    function: str,
+    arguments: Sequence[Any],
+    row_type: type[_R],
+    *,
+    limit: int | None = None,
+    **extra: Any,
+) -> list[_R]:
+    """``SELECT * FROM function(arguments) [LIMIT n]`` in a read-only transaction."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive integer, not {limit!r}")
+    query = sql.SQL("SELECT * FROM {}({})").format(
+        target.function(function), sql.SQL(", ").join(sql.Placeholder() * len(arguments))
+    )
+    if limit is not None:
+        query += sql.SQL(" LIMIT {}").format(sql.Literal(limit))
+    with untraced():
+        try:
+            with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                cur.execute("SET TRANSACTION READ ONLY")
+                cur.execute(
+                    "SELECT set_config('statement_timeout', %s, true)", (str(STATEMENT_TIMEOUT_MS),)
+                )
+                cur.execute(query, list(arguments))
+                rows = cur.fetchall()
+        except psycopg.errors.UndefinedFunction:
+            raise QueryError(
+                f"the query functions are not installed for {target.table!r}: "
+                "run `otel-pg migrate` (PostgreSQL 14 or newer)"
+            ) from None
+        except psycopg.errors.QueryCanceled:
+            raise QueryError(
+                f"{function} took longer than {STATEMENT_TIMEOUT_MS // 1000} s; "
+                "narrow it with --since or --service"
+            ) from None
+        except psycopg.Error as exc:
+            raise QueryError(f"{function}: {type(exc).__name__}: {redact_dsn(str(exc))}") from None
+    return [row_type(**extra, **row) for row in rows]
+
+
+def trace_tree(conn: psycopg.Connection[Any], target: Target, trace_id: str) -> list[TreeSpan]:
+    """Every span of a trace, depth first; NotFound when it has none."""
+    trace_id = trace_id_of(trace_id)
+    spans = _call(conn, target, "trace_tree", [trace_id], TreeSpan, trace_id=trace_id)
+    if not spans:
+        raise NotFound(f"no spans of trace {trace_id} in {target.table!r}")
+    return spans
+
+
+def trace_gaps(
+    conn: psycopg.Connection[Any], target: Target, trace_id: str, min_gap_ms: float = 0.0
+) -> list[Gap]:
+    """Time inside spans covered by none of their children, largest first."""
+    trace_id = trace_id_of(trace_id)
+    return _call(conn, target, "trace_gaps", [trace_id, float(min_gap_ms)], Gap, trace_id=trace_id)
+
+
+def critical_path(conn: psycopg.Connection[Any], target: Target, trace_id: str) -> list[PathSpan]:
+    """The spans that determine the trace's duration, in start order."""
+    trace_id = trace_id_of(trace_id)
+    return _call(conn, target, "critical_path", [trace_id], PathSpan, trace_id=trace_id)
+
+
+def orphan_spans(
+    conn: psycopg.Connection[Any],
+    target: Target,
+    since: datetime,
+    service: str | None = None,
+    *,
+    limit: int | None = None,
+) -> list[OrphanGroup]:
+    """Spans whose parent never arrived, by service and operation."""
+    return _call(conn, target, "orphan_spans", [since, service], OrphanGroup, limit=limit)
+
+
+def error_traces(
+    conn: psycopg.Connection[Any],
+    target: Target,
+    since: datetime,
+    service: str | None = None,
+    *,
+    limit: int | None = None,
+) -> list[ErrorTrace]:
+    """Traces with an error, newest first, each by its first error."""
+    return _call(conn, target, "error_traces", [since, service], ErrorTrace, limit=limit)
+
+
+def slow_operations(
+    conn: psycopg.Connection[Any],
+    target: Target,
+    since: datetime,
+    service: str | None = None,
+    *,
+    limit: int | None = None,
+) -> list[SlowOperation]:
+    """Duration percentiles by service and operation, slowest p95 first."""
+    return _call(conn, target, "slow_operations", [since, service], SlowOperation, limit=limit)
+
+
+def execution_trace(
+    conn: psycopg.Connection[Any], target: Target, execution_id: int
+) -> list[ExecutionSpan]:
+    """Every span of one job execution, in time order; NotFound when it has none."""
+    if isinstance(execution_id, bool) or not isinstance(execution_id, int):
+        raise ValueError(f"an execution id is an integer, not {execution_id!r}")
+    spans = _call(conn, target, "execution_trace", [execution_id], ExecutionSpan)
+    if not spans:
+        raise NotFound(f"no spans of execution {execution_id} in {target.table!r}")
+    return spans
+
+
+def service_map(
+    conn: psycopg.Connection[Any], target: Target, since: datetime, *, limit: int | None = None
+) -> list[ServiceEdge]:
+    """Calls between services (and client → server pairs), busiest first."""
+    return _call(conn, target, "service_map", [since], ServiceEdge, limit=limit)
