@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,53 +88,42 @@ def wait_healthy(url: str, timeout_s: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def exception_of(span: dict[str, Any]) -> str:
-    for event in span["events"] or []:
-        if event["name"] == "exception":
-            return str(event["attributes"].get("exception.type", ""))
-    return ""
-
-
-def print_tree(
-    span: dict[str, Any], children: dict[str | None, list[dict[str, Any]]], depth: int
-) -> None:
-    label = f"{'  ' * depth}{span['operation']}"
-    extra = f"execution_id={span['execution_id']}" if span["execution_id"] else ""
-    if span["status"] == "error":
-        extra += f"  error: {span['status_message'] or exception_of(span)}"
-    print(
-        f"  {label:<40} {span['service']:<7} {span['kind']:<8}"
-        f" {span['duration_ms']:9.2f} ms  {span['status']:<5} {extra}"
+def otel_pg(dsn: str, *args: str) -> None:
+    """Run an ``otel-pg`` command against the demo's database, showing the command."""
+    print(f"\n$ otel-pg {' '.join(args)}")
+    subprocess.run(
+        [sys.executable, "-m", "otel_pg_exporter", *args, "--dsn", dsn, "--width", "110"],
+        check=True,
     )
-    for child in children.get(span["span_id"], []):
-        print_tree(child, children, depth + 1)
 
 
-def print_traces(dsn: str) -> None:
+def show_traces(dsn: str) -> None:
+    """What landed, then the diagnosis: the cross-service trace and the failed request as
+    waterfalls, and the errors of the last hour."""
     with psycopg.connect(dsn, row_factory=dict_row) as conn:
-        rows = conn.execute(
-            "SELECT trace_id, span_id, parent_span_id, service, operation, kind, status,"
-            " status_message, duration_ms, execution_id, started_at, events"
-            " FROM trace_spans ORDER BY started_at"
+        traces = conn.execute(
+            "SELECT trace_id, count(*) AS spans, string_agg(DISTINCT service, ', ') AS services,"
+            " (array_agg(operation ORDER BY started_at))[1] AS root,"
+            " bool_or(status = 'error') AS failed"
+            " FROM trace_spans GROUP BY trace_id ORDER BY min(started_at)"
         ).fetchall()
-    traces: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        traces[row["trace_id"]].append(row)
-    print(f"\n{len(rows)} spans in {len(traces)} traces landed in trace_spans:\n")
-    for trace_id, spans in traces.items():
-        services = sorted({span["service"] for span in spans})
-        print(f"trace {trace_id}  ({', '.join(services)})")
-        ids = {span["span_id"] for span in spans}
-        children: dict[str | None, list[dict[str, Any]]] = defaultdict(list)
-        for span in spans:
-            parent = span["parent_span_id"] if span["parent_span_id"] in ids else None
-            children[parent].append(span)
-
-        for root in children[None]:
-            print_tree(root, children, 0)
-        print()
-    print("Query them yourself, for example:")
-    print("  SELECT operation, duration_ms, status FROM trace_spans WHERE execution_id = 202;")
+    print(
+        f"\n{sum(t['spans'] for t in traces)} spans in {len(traces)} traces landed in trace_spans:"
+    )
+    for trace in traces:
+        flag = "  error" if trace["failed"] else ""
+        print(
+            f"  {trace['trace_id']}  {trace['spans']:3d} spans  {trace['root']:<16}"
+            f" ({trace['services']}){flag}"
+        )
+    chain = next(t["trace_id"] for t in traces if "chain" in t["root"])
+    failed = next(t["trace_id"] for t in traces if t["failed"])
+    otel_pg(dsn, "show", chain)
+    otel_pg(dsn, "show", failed)
+    otel_pg(dsn, "errors", "--since", "1h")
+    print("\nQuery them yourself, for example:")
+    print("  SELECT depth, operation, duration_ms, self_ms FROM trace_tree('<trace id>');")
+    print("  SELECT * FROM execution_trace(202);")
 
 
 def main() -> int:
@@ -169,7 +157,7 @@ def main() -> int:
                 service.send_signal(signal.SIGINT)
             for service in services:
                 service.wait(timeout=30)
-        print_traces(dsn)
+        show_traces(dsn)
     return 0
 
 

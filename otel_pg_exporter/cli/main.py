@@ -14,12 +14,18 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from otel_pg_exporter.cli.common import EXIT_DATABASE_ERROR, EXIT_OK, EXIT_USAGE, Subcommands
+from otel_pg_exporter.cli.doctor import add_doctor
 from otel_pg_exporter.cli.migrate import add_migrate, add_rollback
+from otel_pg_exporter.cli.query import COMMANDS as QUERY_COMMANDS
+from otel_pg_exporter.cli.spool import add_spool
 from otel_pg_exporter.errors import OtelPgError
 
 _COMMANDS: tuple[Callable[[Subcommands], None], ...] = (
     add_migrate,
     add_rollback,
+    add_doctor,
+    add_spool,
+    *QUERY_COMMANDS,
 )
 
 

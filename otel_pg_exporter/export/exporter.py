@@ -115,6 +115,21 @@ def _backoff(attempt: int) -> float:
     return random.uniform(0, min(2.0, 0.1 * 2**attempt))  # noqa: S311 - jitter, not security
 
 
+def spool_folder_key(dsn: str, schema: str | None, table: str) -> str:
+    """The spool sub-folder of a target: one per database and table, so a replay never
+    crosses targets (``otel-pg spool replay`` finds an exporter's folder with it)."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        params = {"dsn": redact_dsn(dsn)}
+    identity = [
+        str(params.get(name, ""))
+        for name in ("host", "hostaddr", "port", "dbname", "user", "service", "dsn")
+    ]
+    identity += [schema or "", table]
+    return hashlib.sha256("\x00".join(identity).encode("utf-8", "replace")).hexdigest()[:16]
+
+
 class PostgresSpanExporter(SpanExporter):
     """Writes finished spans to a PostgreSQL table, one COPY per batch.
 
@@ -461,17 +476,7 @@ class PostgresSpanExporter(SpanExporter):
             return replayer
 
     def _target_key(self) -> str:
-        """One spool folder per database and table, so a replay never crosses targets."""
-        try:
-            params = conninfo_to_dict(self.settings.dsn)
-        except psycopg.Error:
-            params = {"dsn": redact_dsn(self.settings.dsn)}
-        identity = [
-            str(params.get(name, ""))
-            for name in ("host", "hostaddr", "port", "dbname", "user", "service", "dsn")
-        ]
-        identity += [self.settings.schema or "", self.settings.table]
-        return hashlib.sha256("\x00".join(identity).encode("utf-8", "replace")).hexdigest()[:16]
+        return spool_folder_key(self.settings.dsn, self.settings.schema, self.settings.table)
 
     def _map(self, spans: Sequence[ReadableSpan]) -> list[Row]:
         to_row = self._mapper.to_row

@@ -170,6 +170,36 @@ class _Current:
     size: int
 
 
+def inspect_segments(directory: str | os.PathLike[str]) -> list[tuple[str, int, int, bool]]:
+    """``(name, bytes, rows, held)`` of each segment in ``directory``, oldest first, without
+    opening a Spool: rows come from record headers, and ``held`` says a live process holds
+    the segment's lock (its owner, or a replay), tested with a shared non-blocking flock
+    released at once. A missing directory has no segments."""
+    found: list[tuple[str, int, int, bool]] = []
+    try:
+        with os.scandir(directory) as entries:
+            names = sorted(e.name for e in entries if e.name.endswith(SEGMENT_SUFFIX))
+    except FileNotFoundError:
+        return found
+    for name in names:
+        try:
+            fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # replayed meanwhile
+            continue
+        try:
+            size = os.fstat(fd).st_size
+            rows, _ = _count_rows(fd, 0, size)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                held = False
+            except BlockingIOError:
+                held = True
+        finally:
+            os.close(fd)  # releases our shared lock, if taken
+        found.append((name, size, rows, held))
+    return found
+
+
 class Spool:
     """A bounded directory of spooled batches; see the module docstring for the format.
 
