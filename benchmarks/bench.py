@@ -558,6 +558,22 @@ def part_growth(report: Report, config: dict[str, Any], dsn: str, tmp: Path) -> 
             at_most(FLAT_LIMIT),
         )
     )
+    bare = result["without_query_indexes"]
+    rows = f"{bare['size']:.0e} rows"
+    report.add(
+        Line(
+            "5",
+            f"wall per span with / without the query indexes, {rows}",
+            ratios(last["wall_us_per_span"], bare["wall_us_per_span"]),
+            RATIO,
+        ),
+        Line(
+            "5",
+            f"WAL per span with / without the query indexes, {rows}",
+            ratios(last["wal_bytes_per_span"], bare["wal_bytes_per_span"]),
+            RATIO,
+        ),
+    )
     fills = ", ".join(f"{level['size']:.0e}: {level['fill_s']:.1f} s" for level in levels)
     sizes_mib = ", ".join(
         f"{level['size']:.0e}: {level['table_bytes'] / 2**20:,.0f} MiB" for level in levels

@@ -1,4 +1,5 @@
-"""Part 5: export cost per span with 1e4, 1e5 and 1e6 rows already in the table.
+"""Part 5: export cost per span with 1e4, 1e5 and 1e6 rows already in the table, and what
+the query layer's indexes (migration 0002: started_at, error spans) add to it.
 
 One table per size, each made by the package's migration (so with the real indexes), filled
 with ``generate_series`` SQL: random-looking ids from md5, as trace ids are, rows of the
@@ -8,7 +9,8 @@ checkpoint runs during the timed exports. Each run exports a few batches of 512 
 table in turn (the order rotates), so run i of each size sees the same machine: wall time per
 span (what the database adds shows here), the exporting thread's CPU per span, and the WAL
 bytes written per span (pg_current_wal_insert_lsn; full-page images after the checkpoint
-show up here).
+show up here). The largest size is filled twice: once as migrated, once without the two
+indexes of migration 0002, so one run compares the write cost before and after them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from psycopg import sql
 from benchmarks.bench_common import batches, part_main, sdk_spans, with_new_ids
 from otel_pg_exporter import PostgresSpanExporter
 from otel_pg_exporter.schema.migrations import migrate
+from otel_pg_exporter.schema.table import index_name
 
 FILL = (
     "INSERT INTO {table} (trace_id, span_id, parent_span_id, service, operation, kind,"
@@ -42,7 +45,11 @@ FILL = (
 )
 
 
-def table_name(size: int) -> str:
+WITHOUT_QUERY_INDEXES = "without_query_indexes"
+QUERY_INDEXES = ("started_at", "errors_started_at")
+
+
+def table_name(size: int | str) -> str:
     return f"growth_{size}"
 
 
@@ -51,10 +58,12 @@ def wal_position(conn: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
-def fill(conn: psycopg.Connection[Any], dsn: str, size: int) -> float:
+def fill(conn: psycopg.Connection[Any], dsn: str, size: int, name: str, *, bare: bool) -> float:
     started = time.perf_counter()
-    name = table_name(size)
     migrate(dsn, table=name)
+    if bare:  # the table as it was before the query layer's indexes
+        for suffix in QUERY_INDEXES:
+            conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(index_name(name, suffix))))
     conn.execute(sql.SQL(FILL).format(table=sql.Identifier(name)), (size,))
     conn.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(name)))
     return time.perf_counter() - started
@@ -65,46 +74,59 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     sizes: list[int] = config["sizes"]
     rng = random.Random(5)
     template = sdk_spans(config["batches_per_run"] * 512)
-    results: dict[int, dict[str, Any]] = {}
+    largest = max(sizes)
+    # Keys: each size, plus the largest again without the query indexes.
+    keys: list[int | str] = [*sizes, WITHOUT_QUERY_INDEXES]
+    results: dict[int | str, dict[str, Any]] = {}
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for size in sizes:
-            results[size] = {"size": size, "fill_s": fill(conn, dsn, size)}
+        for key in keys:
+            size = largest if key == WITHOUT_QUERY_INDEXES else int(key)
+            bare = key == WITHOUT_QUERY_INDEXES
+            results[key] = {
+                "size": size,
+                "query_indexes": not bare,
+                "fill_s": fill(conn, dsn, size, table_name(key), bare=bare),
+            }
         conn.execute("CHECKPOINT")
         exporters = {
-            size: PostgresSpanExporter(dsn, enabled=True, table=table_name(size)) for size in sizes
+            key: PostgresSpanExporter(dsn, enabled=True, table=table_name(key)) for key in keys
         }
         for exporter in exporters.values():  # connection, stage table, catalog caches
             exporter.export(with_new_ids(template[:512], rng))
         for result in results.values():
             result.update(wall_us_per_span=[], cpu_us_per_span=[], wal_bytes_per_span=[])
         for run_number in range(config["runs"]):
-            shift = run_number % len(sizes)
-            for size in sizes[shift:] + sizes[:shift]:
+            shift = run_number % len(keys)
+            for key in keys[shift:] + keys[:shift]:
                 spans = with_new_ids(template, rng)
                 gc.collect()
                 wal_before = wal_position(conn)
                 wall = cpu = 0.0
                 for batch in batches(spans):
                     wall_before, cpu_before = time.perf_counter(), time.thread_time()
-                    if exporters[size].export(batch) is not SpanExportResult.SUCCESS:
+                    if exporters[key].export(batch) is not SpanExportResult.SUCCESS:
                         raise RuntimeError("export() failed")
                     cpu += time.thread_time() - cpu_before
                     wall += time.perf_counter() - wall_before
                 wal = wal_position(conn) - wal_before
-                result = results[size]
+                result = results[key]
                 result["wall_us_per_span"].append(wall / len(spans) * 1e6)
                 result["cpu_us_per_span"].append(cpu / len(spans) * 1e6)
                 result["wal_bytes_per_span"].append(wal / len(spans))
-        for size, result in results.items():
+        for key, result in results.items():
             found = conn.execute(
                 sql.SQL("SELECT count(*), pg_total_relation_size({}) FROM {}").format(
-                    sql.Literal(table_name(size)), sql.Identifier(table_name(size))
+                    sql.Literal(table_name(key)), sql.Identifier(table_name(key))
                 )
             ).fetchone()
             result["rows_at_end"], result["table_bytes"] = found if found else (0, 0)
     for exporter in exporters.values():
         exporter.shutdown()
-    return {"spans_per_run": len(template), "levels": [results[size] for size in sizes]}
+    return {
+        "spans_per_run": len(template),
+        "levels": [results[size] for size in sizes],
+        "without_query_indexes": results[WITHOUT_QUERY_INDEXES],
+    }
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Read the spans table: typed rows from the SQL functions (``traces``), rendered as text or
 JSON (``render``). Front ends (``otel-pg``, the MCP server) call these and nothing else."""
 
+from otel_pg_exporter.query import render
 from otel_pg_exporter.query.traces import (
     Target,
     connect,
@@ -24,6 +25,7 @@ __all__ = [
     "execution_trace",
     "orphan_spans",
     "parse_since",
+    "render",
     "service_map",
     "slow_operations",
     "trace_gaps",

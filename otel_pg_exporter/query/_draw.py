@@ -278,7 +278,7 @@ def _layout(entries: Sequence[_Entry], width: int, t0: float, total: float) -> _
             break
     bar = max(10, body * 2 // 5)
     rest = max(body - bar, 2)
-    service = min(max(service_need, 3), max(4, rest // 3))
+    service = min(max(service_need, len("service")), max(4, rest // 3))
     name = max(rest - service, 1)
     if name > name_need:
         bar += name - name_need
