@@ -89,7 +89,7 @@ BEGIN ATOMIC
     )
     SELECT tree.span_id, s.parent_span_id, tree.depth, tree.path, s.service, s.operation,
            s.kind, s.started_at, s.completed_at,
-           extract(epoch FROM s.started_at - t0.first_start)::double precision * 1000,
+           (extract(epoch FROM s.started_at - t0.first_start) * 1000)::double precision,
            s.duration_ms,
            greatest(s.duration_ms - coalesce(covered.ms, 0)::double precision, 0),
            s.status, s.status_message, s.execution_id, tree.is_orphan
@@ -176,8 +176,8 @@ BEGIN ATOMIC
          WHERE b.next_lo IS NULL
     )
     SELECT g.parent, p.service, p.operation, g.gap_start, g.gap_end,
-           extract(epoch FROM g.gap_start - t0.first_start)::double precision * 1000,
-           extract(epoch FROM g.gap_end - g.gap_start)::double precision * 1000,
+           (extract(epoch FROM g.gap_start - t0.first_start) * 1000)::double precision,
+           (extract(epoch FROM g.gap_end - g.gap_start) * 1000)::double precision,
            g.before_span, g.before_op, g.after_span, g.after_op
       FROM gaps g
       JOIN s p ON p.span_id = g.parent
@@ -244,26 +244,50 @@ BEGIN ATOMIC
           ) AS nxt (span_id, cursor_at, on_path)
          WHERE walk.step < 100000
     ),
-    path AS (SELECT DISTINCT walk.span_id FROM walk WHERE walk.on_path)
+    path AS (SELECT DISTINCT walk.span_id FROM walk WHERE walk.on_path),
+    -- What the span's critical children cover, merged where they overlap.
+    cover AS (
+        SELECT c.parent_span_id AS parent,
+               greatest(c.started_at, p.started_at) AS lo,
+               least(c.completed_at, p.completed_at) AS hi
+          FROM s c
+          JOIN path ON path.span_id = c.span_id
+          JOIN s p ON p.span_id = c.parent_span_id
+         WHERE c.span_id <> p.span_id
+    ),
+    ordered AS (
+        SELECT cover.parent, cover.lo, cover.hi,
+               max(cover.hi) OVER (PARTITION BY cover.parent ORDER BY cover.lo, cover.hi
+                                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
+          FROM cover
+         WHERE cover.hi > cover.lo
+    ),
+    islands AS (
+        SELECT ordered.parent, ordered.lo, ordered.hi,
+               sum(CASE WHEN ordered.reach IS NULL OR ordered.lo > ordered.reach THEN 1 ELSE 0 END)
+                   OVER (PARTITION BY ordered.parent ORDER BY ordered.lo, ordered.hi) AS island
+          FROM ordered
+    ),
+    covered AS (
+        SELECT merged.parent, sum(extract(epoch FROM merged.hi - merged.lo) * 1000) AS ms
+          FROM (SELECT islands.parent, min(islands.lo) AS lo, max(islands.hi) AS hi
+                  FROM islands GROUP BY islands.parent, islands.island) AS merged
+         GROUP BY merged.parent
+    )
     SELECT s.span_id, s.parent_span_id, s.service, s.operation, s.started_at,
-           extract(epoch FROM s.started_at - t0.first_start)::double precision * 1000,
+           (extract(epoch FROM s.started_at - t0.first_start) * 1000)::double precision,
            s.duration_ms,
-           greatest(s.duration_ms - coalesce((
-               SELECT sum(extract(epoch FROM least(c.completed_at, s.completed_at)
-                                            - greatest(c.started_at, s.started_at)) * 1000)
-                 FROM s c JOIN path pc ON pc.span_id = c.span_id
-                WHERE c.parent_span_id = s.span_id AND c.span_id <> s.span_id
-                  AND c.completed_at > c.started_at
-           ), 0)::double precision, 0),
+           greatest(s.duration_ms - coalesce(covered.ms, 0)::double precision, 0),
            s.status
       FROM path
       JOIN s ON s.span_id = path.span_id
       CROSS JOIN t0
+      LEFT JOIN covered ON covered.parent = s.span_id
      ORDER BY s.started_at, s.span_id;
 END;
 
 COMMENT ON FUNCTION {fn_critical_path}(text) IS
-    'The spans that determine the trace''s end-to-end duration: from the root, walking back from each span''s end, the last-finishing child, then the one that finished last before that child started, and so on, at every level. contribution_ms is the span''s own time on the path (its duration minus its critical children). Example: SELECT operation, duration_ms, contribution_ms FROM critical_path(''<trace id>'') ORDER BY contribution_ms DESC;';
+    'The spans that determine the trace''s end-to-end duration: from the root, walking back from each span''s end, the last-finishing child, then the one that finished last before that child started, and so on, at every level. contribution_ms is the span''s own time on the path: its duration minus the time its critical children cover (overlaps counted once). Example: SELECT operation, duration_ms, contribution_ms FROM critical_path(''<trace id>'') ORDER BY contribution_ms DESC;';
 
 -- orphan_spans -------------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION {fn_orphan_spans}(since timestamptz, for_service text DEFAULT NULL)
@@ -422,7 +446,7 @@ BEGIN ATOMIC
     )
     SELECT spans.trace_id, spans.span_id, spans.parent_span_id, spans.depth, spans.service,
            spans.operation, spans.started_at, spans.completed_at,
-           extract(epoch FROM spans.started_at - t0.first_start)::double precision * 1000,
+           (extract(epoch FROM spans.started_at - t0.first_start) * 1000)::double precision,
            spans.duration_ms, spans.status, spans.status_message,
            CASE WHEN top_gaps.gap IS NOT NULL THEN greatest(top_gaps.gap, 0) END::double precision
       FROM spans

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 from otel_pg_exporter import query
 from otel_pg_exporter.cli.common import EXIT_OK, Subcommands, settings_of, target_options
 from otel_pg_exporter.query import render
-from otel_pg_exporter.query.rows import ExecutionSpan, Gap, TreeSpan
+from otel_pg_exporter.query.rows import ExecutionSpan, TreeSpan
 
 DEFAULT_SINCE = "1d"
 DEFAULT_LIMIT = 50
@@ -116,57 +116,14 @@ def _run_show(args: argparse.Namespace, out: TextIO) -> int:
 def _execution_waterfall(
     execution: Sequence[ExecutionSpan], args: argparse.Namespace, out: TextIO
 ) -> str:
-    """The execution's spans as one waterfall under a root spanning the whole execution;
-    the idle time between its top-level spans shows as that root's gaps."""
-    first, last = execution[0], max(execution, key=lambda span: span.completed_at)
-    name = f"execution {args.execution}"
-    gaps: list[Gap] = []
-    previous: ExecutionSpan | None = None
-    for span in execution:
-        if span.depth == 0:
-            if previous is not None and span.gap_before_ms:
-                gaps.append(
-                    Gap(
-                        trace_id=span.trace_id,
-                        parent_span_id=name,
-                        parent_service=span.service,
-                        parent_operation=name,
-                        gap_start=span.started_at,
-                        gap_end=span.started_at,
-                        offset_ms=span.offset_ms - span.gap_before_ms,
-                        gap_ms=span.gap_before_ms,
-                        before_span_id=previous.span_id,
-                        before_operation=previous.operation,
-                        after_span_id=span.span_id,
-                        after_operation=span.operation,
-                    )
-                )
-            previous = span
-    root = TreeSpan(
-        trace_id=first.trace_id,
-        span_id=name,
-        parent_span_id=None,
-        depth=0,
-        path=[name],
-        service="",
-        operation=name,
-        kind="internal",
-        started_at=first.started_at,
-        completed_at=last.completed_at,
-        offset_ms=0.0,
-        duration_ms=(last.completed_at - first.started_at).total_seconds() * 1000,
-        self_ms=sum(gap.gap_ms for gap in gaps),
-        status="error" if any(span.status == "error" for span in execution) else "unset",
-        status_message=None,
-        execution_id=args.execution,
-        is_orphan=False,
-    )
-    spans = [root] + [
+    """The execution's spans as one waterfall (its top-level spans are the roots), then the
+    idle time between top-level spans, the gaps no trace of its own can show."""
+    spans = [
         TreeSpan(
             trace_id=span.trace_id,
             span_id=span.span_id,
-            parent_span_id=span.parent_span_id if span.depth else name,
-            depth=span.depth + 1,
+            parent_span_id=span.parent_span_id,
+            depth=span.depth,
             path=[],
             service=span.service,
             operation=span.operation,
@@ -183,15 +140,29 @@ def _execution_waterfall(
         )
         for span in execution
     ]
-    return render.render_waterfall(
+    text = render.render_waterfall(
         spans,
         width=_width(args),
         color=_color(args, out),
-        gaps=gaps,
-        min_gap_ms=args.gap_ms,
         max_depth=args.depth,
         min_ms=args.min_ms,
     )
+    traces = len({span.trace_id for span in execution})
+    lines = [f"execution {args.execution}: {len(execution)} spans in {traces} trace(s)", text]
+    previous: ExecutionSpan | None = None
+    for span in execution:
+        if span.depth != 0:
+            continue
+        if previous is not None and span.gap_before_ms and span.gap_before_ms >= args.gap_ms:
+            lines.append(
+                render.clean(
+                    f"  ┄ idle {span.gap_before_ms:,.1f} ms between {previous.operation} "
+                    f"({previous.service}) and {span.operation} ({span.service})",
+                    _width(args),
+                )
+            )
+        previous = span
+    return "\n".join(lines)
 
 
 def add_show(subcommands: Subcommands) -> None:
