@@ -119,6 +119,7 @@ def configure(
     max_span_chars: int | None = None,
     spool_dir: str | None = None,
     spool_max_mb: int | None = None,
+    retention_days: int | None = None,
     service_name: str | None = None,
     resource_attributes: Mapping[str, Any] | None = None,
     sampler: Sampler | None = None,

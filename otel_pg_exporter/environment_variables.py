@@ -90,6 +90,15 @@ OTEL_EXPORTER_POSTGRES_SPOOL_MAX_MB = "OTEL_EXPORTER_POSTGRES_SPOOL_MAX_MB"
 Largest size of the on-disk buffer, in megabytes. Default: ``256``.
 """
 
+OTEL_EXPORTER_POSTGRES_RETENTION_DAYS = "OTEL_EXPORTER_POSTGRES_RETENTION_DAYS"
+"""
+.. envvar:: OTEL_EXPORTER_POSTGRES_RETENTION_DAYS
+
+Spans created more than this many days ago are deleted by a background job of one exporting
+process per table (an advisory lock), in small batches, at most once an hour; ``0`` keeps
+spans forever. Default: ``30``.
+"""
+
 OTEL_EXPORTER_POSTGRES_LOG_CORRELATION = "OTEL_EXPORTER_POSTGRES_LOG_CORRELATION"
 """
 .. envvar:: OTEL_EXPORTER_POSTGRES_LOG_CORRELATION

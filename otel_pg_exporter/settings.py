@@ -38,6 +38,7 @@ DEFAULT_EXECUTION_ID_ATTRIBUTE = "execution.id"
 DEFAULT_MAX_VALUE_CHARS = 65_536
 DEFAULT_MAX_SPAN_CHARS = 1_048_576
 DEFAULT_SPOOL_MAX_MB = 256
+DEFAULT_RETENTION_DAYS = 30
 # The SDK's 2,048 spans last 0.4 s at 5,000 spans/s; a database pause (a commit waiting on a
 # checkpoint, a lock given up after 1 s) needs a little more.
 DEFAULT_MAX_QUEUE_SIZE = 8192
@@ -98,6 +99,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise ValueError("must be a positive integer")
+    return value
+
+
+def _days(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be a whole number of days, 0 to keep spans forever")
     return value
 
 
@@ -370,6 +378,13 @@ SETTINGS: dict[str, Setting[Any]] = {
             _positive_int,
         ),
         Setting(
+            "retention_days",
+            (ev.OTEL_EXPORTER_POSTGRES_RETENTION_DAYS,),
+            DEFAULT_RETENTION_DAYS,
+            "spans created more than this many days ago are deleted in the background; 0: never",
+            _days,
+        ),
+        Setting(
             "scrub",
             (ev.OTEL_EXPORTER_POSTGRES_SCRUB,),
             True,
@@ -541,6 +556,7 @@ class ExporterSettings:
     max_span_chars: int
     spool_dir: str | None = None
     spool_max_mb: int = DEFAULT_SPOOL_MAX_MB
+    retention_days: int = DEFAULT_RETENTION_DAYS
 
     @property
     def timeout_s(self) -> float:
@@ -553,7 +569,8 @@ class ExporterSettings:
             f"table={self.table!r}, timeout_s={self.timeout}, pool_max={self.pool_max}, "
             f"execution_id_attribute={self.execution_id_attribute!r}, "
             f"max_value_chars={self.max_value_chars}, max_span_chars={self.max_span_chars}, "
-            f"spool_dir={self.spool_dir!r}, spool_max_mb={self.spool_max_mb})"
+            f"spool_dir={self.spool_dir!r}, spool_max_mb={self.spool_max_mb}, "
+            f"retention_days={self.retention_days})"
         )
 
     @classmethod

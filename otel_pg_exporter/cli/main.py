@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
+from otel_pg_exporter.cli.cleanup import add_cleanup
 from otel_pg_exporter.cli.common import EXIT_DATABASE_ERROR, EXIT_OK, EXIT_USAGE, Subcommands
 from otel_pg_exporter.cli.doctor import add_doctor
 from otel_pg_exporter.cli.migrate import add_migrate, add_rollback
@@ -25,6 +26,7 @@ _COMMANDS: tuple[Callable[[Subcommands], None], ...] = (
     add_rollback,
     add_doctor,
     add_spool,
+    add_cleanup,
     *QUERY_COMMANDS,
 )
 

@@ -25,6 +25,7 @@ from otel_pg_exporter.export.late_attributes import LATE_ATTRIBUTES
 from otel_pg_exporter.export.mapping import SpanMapper
 from otel_pg_exporter.export.metrics import ExporterMetrics
 from otel_pg_exporter.export.replay import Replayer
+from otel_pg_exporter.export.retention import RetentionJob
 from otel_pg_exporter.export.scrubbing import resolve_scrubber
 from otel_pg_exporter.export.sender import Sender
 from otel_pg_exporter.export.spool import Spool
@@ -154,6 +155,7 @@ class PostgresSpanExporter(SpanExporter):
         max_span_chars: int | None = None,
         spool_dir: str | None = None,
         spool_max_mb: int | None = None,
+        retention_days: int | None = None,
         scrub: bool | None = None,
         scrub_patterns: Sequence[str] | None = None,
         scrub_allow: Sequence[str] | None = None,
@@ -173,6 +175,7 @@ class PostgresSpanExporter(SpanExporter):
             max_span_chars=max_span_chars,
             spool_dir=spool_dir,
             spool_max_mb=spool_max_mb,
+            retention_days=retention_days,
         )
         self.scrubber = resolve_scrubber(scrub, scrub_patterns, scrub_allow, env)
         self._mapper = SpanMapper(
@@ -202,11 +205,17 @@ class PostgresSpanExporter(SpanExporter):
         self._spooled_since_success = False
         self._sender = Sender(self._deliver)
         self._pipelined = False
+        self._retention: RetentionJob | None = None
+        self._retention_started = False
         if not self.enabled:
             _say_tracing_is_off()
         forks.reset_in_child(forks.EXPORTERS, self)
 
     def after_fork_in_child(self) -> None:
+        # The child runs its own retention job from its next export (the lock keeps it to
+        # one process per table).
+        self._retention = None
+        self._retention_started = False
         # The sender and replay threads do not survive a fork; the child starts its own at its
         # next export (the spool already dropped the parent's files and locks).
         self._sender.after_fork_in_child()
@@ -245,6 +254,11 @@ class PostgresSpanExporter(SpanExporter):
             counters[old] = counters.get(new, 0)
         if self._pipelined:
             counters["sender_rows_in_hand"] = self._sender.rows_in_hand
+        retention = self._retention
+        if retention is not None:
+            counters["retention_runs"] = retention.runs
+            counters["retention_skipped"] = retention.skipped
+            counters["retention_rows_deleted"] = retention.rows_deleted
         spool = self._spool
         if spool is not None:
             pending = spool.pending()
@@ -303,6 +317,8 @@ class PostgresSpanExporter(SpanExporter):
         unmappable = len(spans) - len(rows)
         self._metrics.dropped(unmappable, "rejected")
         self._open_spool_lazily()
+        if not self._retention_started:
+            self._start_retention_lazily()
         if not rows:
             return SpanExportResult.FAILURE
         if self._pipelined:
@@ -443,6 +459,29 @@ class PostgresSpanExporter(SpanExporter):
             )
         return "spooled to disk, replayed once the database answers"
 
+    def _start_retention_lazily(self) -> None:
+        """At the first export (never in the constructor): the background retention job,
+        unless retention is off."""
+        with self._spool_lock:
+            if self._retention_started:
+                return
+            self._retention_started = True
+            if self.settings.retention_days <= 0 or self._shutdown:
+                return
+            job = RetentionJob(
+                self.settings.dsn,
+                schema=self.settings.schema,
+                table=self.settings.table,
+                retention_days=self.settings.retention_days,
+            )
+            self._retention = job
+            job.start()
+
+    @property
+    def retention(self) -> RetentionJob | None:
+        """The background retention job, once started."""
+        return self._retention
+
     def _open_spool_lazily(self) -> Replayer | None:
         """Open the spool and start its replay thread at the first export (not before: the
         constructor touches neither network nor disk). A spool left by a process that died
@@ -542,4 +581,6 @@ class PostgresSpanExporter(SpanExporter):
             self._replayer.stop(left(5.0))
         if self._spool is not None:
             self._spool.close()
+        if self._retention is not None:
+            self._retention.stop()
         self._writer.close(left(5.0))

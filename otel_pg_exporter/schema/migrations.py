@@ -31,6 +31,7 @@ from otel_pg_exporter._untraced import untraced
 from otel_pg_exporter.errors import MigrationError
 from otel_pg_exporter.schema.table import (
     DEFAULT_TABLE,
+    MAINTENANCE_ROUTINES,
     MIGRATIONS_TABLE,
     function_names,
     index_name,
@@ -169,6 +170,10 @@ class _Target:
                 f"fn_{base}": self.qualified(name)
                 for base, name in function_names(self.table).items()
             },
+            **{
+                f"maint_{name.removeprefix('otel_pg_')}": self.qualified(name)
+                for name in MAINTENANCE_ROUTINES
+            },
         }
 
     def render(
@@ -180,7 +185,8 @@ class _Target:
             raise MigrationError(
                 f"{filename}: bad template ({type(exc).__name__}: {exc}); "
                 "placeholders are {table}, {migrations}, {table_name}, {migrations_regclass}, "
-                "{idx_<suffix>} for each index and {fn_<name>} for each query function; "
+                "{idx_<suffix>} for each index, {fn_<name>} for each query function and "
+                "{maint_<name>} for each maintenance routine; "
                 "double literal braces"
             ) from None
 
@@ -217,7 +223,7 @@ def _shown_dsn(dsn: str) -> str:
 
 
 @contextmanager
-def _connection(dsn: str) -> Iterator[psycopg.Connection[TupleRow]]:
+def connection(dsn: str) -> Iterator[psycopg.Connection[TupleRow]]:
     """An autocommit connection; every failure becomes a MigrationError without a password."""
     try:
         conninfo_to_dict(dsn)
@@ -325,7 +331,7 @@ def upgrade(dsn: str, *, schema: str | None = None, table: str = DEFAULT_TABLE) 
     target = _target(schema, table)
     migrations = available_migrations()
     applied_now: list[int] = []
-    with _connection(dsn) as conn:
+    with connection(dsn) as conn:
         with conn.transaction():
             _lock(conn)
             _ensure_history(conn, target)
@@ -406,7 +412,7 @@ def applied_versions(
 ) -> list[int]:
     """The versions recorded for ``schema.table``, ascending; empty when none or no history."""
     target = _target(schema, table)
-    with _connection(dsn) as conn:
+    with connection(dsn) as conn:
         return _read_applied(conn, target)
 
 
@@ -414,7 +420,7 @@ def rollback(dsn: str, *, schema: str | None = None, table: str = DEFAULT_TABLE)
     """Drop the spans table and its history rows (and the history table once it is empty)."""
     target = _target(schema, table)
     template = _rollback_template()
-    with _connection(dsn) as conn, conn.transaction():
+    with connection(dsn) as conn, conn.transaction():
         _lock(conn)
         if _exists(conn, target.spans) and not _read_applied(conn, target):
             raise MigrationError(

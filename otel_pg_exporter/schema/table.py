@@ -2,13 +2,15 @@
 and inserts, and what the query layer and maintenance refer to.
 
 Pure data and names; no database connection, no OpenTelemetry. ``sql/0001_trace_spans.sql``
-creates exactly ``COLUMNS``, ``PRIMARY_KEY`` and ``INDEXES`` (a test compares the table it
-makes with these), and the writer builds its COPY and INSERT statements from them.
+creates exactly ``COLUMNS``, ``PRIMARY_KEY`` (``PARTITIONED_PRIMARY_KEY`` in the partitioned
+layout) and ``INDEXES`` (a test compares the table it makes with these), and the writer builds
+its COPY and INSERT statements from them.
 """
 
 from __future__ import annotations
 
 import hashlib
+from datetime import date
 
 DEFAULT_TABLE = "trace_spans"
 MIGRATIONS_TABLE = "otel_pg_schema_migrations"
@@ -40,6 +42,19 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 PRIMARY_KEY: tuple[str, ...] = ("trace_id", "span_id")
 """A retried or replayed batch never duplicates a row: inserts skip rows whose key exists.
 Every unique key holds trace_id, so the table can be distributed by it."""
+
+PARTITION_COLUMN = "started_at"
+"""The partitioned layout (``migrate --partitioned``) splits the table by day on this column."""
+
+PARTITIONED_PRIMARY_KEY: tuple[str, ...] = (*PRIMARY_KEY, PARTITION_COLUMN)
+"""The key of the partitioned layout: PostgreSQL requires a unique key of a partitioned table to
+hold the partition column. A retried span carries the same started_at, so it still conflicts
+with itself; two spans with one (trace_id, span_id) and different start times no longer do."""
+
+
+def primary_key(partitioned: bool) -> tuple[str, ...]:
+    """The primary key of the plain or the partitioned layout."""
+    return PARTITIONED_PRIMARY_KEY if partitioned else PRIMARY_KEY
 
 INDEXES: dict[str, tuple[str, ...]] = {
     "created_at": ("created_at",),
@@ -149,6 +164,15 @@ FUNCTIONS: tuple[str, ...] = (
 """The query functions (migration 0002), by their names for the default table."""
 
 
+MAINTENANCE_ROUTINES: tuple[str, ...] = (
+    "otel_pg_cleanup",
+    "otel_pg_cleanup_batch",
+    "otel_pg_drop_partitions",
+)
+"""Retention routines (migration 0003), shared by every spans table of a schema: each takes
+the table as a regclass argument."""
+
+
 def function_name(table: str, base: str) -> str:
     """``base`` for the default table, ``{table}_{base}`` for another (shortened with a hash
     of the table name to fit 63 bytes): two spans tables in one schema never share one."""
@@ -161,6 +185,35 @@ def function_name(table: str, base: str) -> str:
     room = _IDENTIFIER_MAX_BYTES - len(base.encode("utf-8")) - len(digest) - 2
     head = table.encode("utf-8")[:room].decode("utf-8", "ignore")
     return f"{head}_{digest}_{base}"
+
+
+def _suffixed(name: str, suffix: str) -> str:
+    """``{name}{suffix}``, shortened to fit 63 bytes like ``index_name``: the name cut on a
+    character boundary, then ``_`` and 8 hex digits of its SHA-256."""
+    full = name + suffix
+    if len(full.encode("utf-8")) <= _IDENTIFIER_MAX_BYTES:
+        return full
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+    room = _IDENTIFIER_MAX_BYTES - len(suffix.encode("utf-8")) - len(digest) - 1
+    head = name.encode("utf-8")[:room].decode("utf-8", "ignore")
+    return f"{head}_{digest}{suffix}"
+
+
+def partition_name(table: str, day: date) -> str:
+    """The day partition ``{table}_pYYYYMMDD`` that ``otel_pg_maintain`` (migration 0004)
+    creates for the UTC day ``day``; shortened with a hash past 63 bytes, as the SQL does."""
+    return _suffixed(table, f"_p{day:%Y%m%d}")
+
+
+def default_partition_name(table: str) -> str:
+    """``{table}_default``: where a span outside every day partition lands until the next
+    ``otel_pg_maintain`` moves it to a partition of its own."""
+    return _suffixed(table, "_default")
+
+
+MAINTENANCE_FUNCTIONS: tuple[str, ...] = ("otel_pg_maintain",)
+"""Generic functions (migration 0004) taking the spans table as a regclass: one per schema,
+shared by every spans table in it, so their names do not depend on the table."""
 
 
 def function_names(table: str) -> dict[str, str]:
