@@ -1,5 +1,6 @@
-"""An instrumented ASGI service: a job with nested spans, a failing route, and a route that
-calls another service over HTTP with the trace context propagated.
+"""An instrumented ASGI service: a job with nested spans (execution 404 fails in its store
+step), a failing route, and a route that calls another service over HTTP with the trace
+context propagated.
 
 Zero code (the spans of installed auto-instrumentations included)::
 
@@ -44,6 +45,13 @@ class ModelNotLoadedError(RuntimeError):
     """What the failing route raises, as an inference worker would."""
 
 
+class StorageFullError(RuntimeError):
+    """What a job's store step raises when its volume is full (execution 404 in the demo)."""
+
+
+FAILING_EXECUTION = 404
+
+
 def current_ids() -> dict[str, str]:
     context = trace.get_current_span().get_span_context()
     return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
@@ -58,6 +66,8 @@ async def run_job(request: Request) -> JSONResponse:
                 f"job.{step}", attributes={"execution.id": execution_id, "job.step": step}
             ):
                 await asyncio.sleep(0.002)
+                if step == "store" and execution_id == FAILING_EXECUTION:
+                    raise StorageFullError(f"no space left on /data for execution {execution_id}")
                 log.info("execution %s: step %s done", execution_id, step)
         return JSONResponse({"execution_id": execution_id, **current_ids()})
 

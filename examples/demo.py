@@ -117,10 +117,11 @@ def show_traces(dsn: str) -> None:
             f" ({trace['services']}){flag}"
         )
     chain = next(t["trace_id"] for t in traces if "chain" in t["root"])
-    failed = next(t["trace_id"] for t in traces if t["failed"])
+    failed = next(t["trace_id"] for t in traces if t["failed"] and "fail" in t["root"])
     otel_pg(dsn, "show", chain)
     otel_pg(dsn, "show", failed)
     otel_pg(dsn, "errors", "--since", "1h")
+    otel_pg(dsn, "show", "--execution", "404")
     print("\nQuery them yourself, for example:")
     print("  SELECT depth, operation, duration_ms, self_ms FROM trace_tree('<trace id>');")
     print("  SELECT * FROM execution_trace(202);")
@@ -148,6 +149,7 @@ def main() -> int:
                 f"{router_url}/fail",
                 f"{router_url}/chain/202",
                 f"{jobs_url}/jobs/303",
+                f"{jobs_url}/jobs/404",
             ):
                 # A new connection per request: a server may close one after an error.
                 response = httpx.get(url, timeout=10.0)

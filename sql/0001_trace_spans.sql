@@ -4,6 +4,13 @@
 -- (table: the spans table, schema-qualified when a schema is given; idx_...: index names
 -- derived from the table name). Every literal brace, comments included, is doubled.
 -- Only new objects are created (IF NOT EXISTS): an existing table is never altered.
+--
+-- The layout is chosen here, once, when the table is created: primary_key and partition_by
+-- are "trace_id", "span_id" and nothing for the plain table; "trace_id", "span_id",
+-- "started_at" and PARTITION BY RANGE ("started_at") for otel-pg migrate --partitioned (a
+-- unique key of a partitioned table must hold the partition column). Indexes made on a
+-- partitioned table are made on every partition, present and future. Later runs read the
+-- layout of the existing table (schema/migrations.py), so both render the same everywhere.
 
 CREATE TABLE IF NOT EXISTS {table} (
     trace_id text NOT NULL,
@@ -25,8 +32,8 @@ CREATE TABLE IF NOT EXISTS {table} (
     scope text,
     otel jsonb,
     created_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (trace_id, span_id)
-);
+    PRIMARY KEY ({primary_key})
+){partition_by};
 
 COMMENT ON TABLE {table} IS
     'One row per finished OpenTelemetry span, written by otel_pg_exporter. Ids are W3C lowercase hex (the same strings Sentry shows); a trace is all rows sharing trace_id, its tree follows parent_span_id -> span_id. Rows older than the retention period (30 days by default) are deleted by created_at.';

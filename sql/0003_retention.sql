@@ -44,6 +44,7 @@ AS $body$
 DECLARE
     part record;
     upper_bound timestamptz;
+    name text;
 BEGIN
     FOR part IN
         SELECT c.oid::regclass AS rel, pg_get_expr(c.relpartbound, c.oid) AS bound
@@ -54,9 +55,10 @@ BEGIN
         CONTINUE WHEN part.bound = 'DEFAULT';
         upper_bound := substring(part.bound FROM 'TO \(''([^'']+)''\)')::timestamptz;
         IF upper_bound IS NOT NULL AND upper_bound <= cutoff THEN
+            name := part.rel::text;  -- before the drop: afterwards only its number is left
             EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', tbl, part.rel);
             EXECUTE format('DROP TABLE %s', part.rel);
-            RETURN NEXT part.rel::text;
+            RETURN NEXT name;
         END IF;
     END LOOP;
 END
@@ -83,7 +85,7 @@ DECLARE
     waits integer := 0;
 BEGIN
     IF (SELECT c.relkind FROM pg_class c WHERE c.oid = tbl) = 'p' THEN
-        PERFORM set_config('lock_timeout', '1s', true);
+        PERFORM set_config('lock_timeout', '100ms', true);
         EXECUTE format('SELECT count(*) FROM %I.otel_pg_drop_partitions($1, $2)', home)
             INTO dropped USING tbl, cutoff;
         COMMIT;

@@ -1,7 +1,8 @@
 """Shared fixtures: one real PostgreSQL per session and a fresh database per test.
 
 Set ``TEST_DATABASE_URL`` to an admin DSN to test against an existing server instead of a
-throwaway cluster started from the local PostgreSQL binaries.
+throwaway cluster started from the local PostgreSQL binaries, and ``TEST_TABLE_LAYOUT=partitioned``
+to create every migrated spans table partitioned by day (see layout.py).
 """
 
 from __future__ import annotations
@@ -13,12 +14,17 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from layout import LAYOUT, migrate_table
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from tcp_proxy import TcpProxy
 
 from otel_pg_exporter.testing.devdb import DevCluster, ExternalServer, PgServer
 
 logger = logging.getLogger("otel_pg_exporter")
+
+
+def pytest_report_header() -> str:
+    return f"spans table layout: {LAYOUT} (TEST_TABLE_LAYOUT)"
 
 
 @pytest.fixture(autouse=True)
@@ -86,21 +92,18 @@ def fresh_dsn(pg_cluster: PgServer) -> Iterator[str]:
 
 @pytest.fixture
 def migrated_dsn(fresh_dsn: str) -> str:
-    """A fresh database with every migration applied."""
-    from otel_pg_exporter.schema.migrations import migrate
-
-    migrate(fresh_dsn)
+    """A fresh database with every migration applied, in the layout under test."""
+    migrate_table(fresh_dsn)
     return fresh_dsn
 
 
 @pytest.fixture(scope="module")
 def module_database(pg_cluster: PgServer) -> Iterator[str]:
-    """One migrated database per module, for tests that only need an empty table."""
-    from otel_pg_exporter.schema.migrations import migrate
-
+    """One migrated database per module (layout under test), for tests that only need an
+    empty table."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     dsn = pg_cluster.create_database(name)
-    migrate(dsn)
+    migrate_table(dsn)
     yield dsn
     pg_cluster.drop_database(name)
 

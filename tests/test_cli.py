@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from layout import migrate_args
 from psycopg.conninfo import conninfo_to_dict
 
 import otel_pg_exporter.cli
@@ -72,9 +73,9 @@ def test_migrate_applies_then_reports_up_to_date(
     fresh_dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`otel-pg migrate` exits 0, saying what it applied, then that the table is up to date."""
-    assert 0 == main(["migrate", "--dsn", fresh_dsn])
+    assert 0 == main(["migrate", *migrate_args(), "--dsn", fresh_dsn])
     first = capsys.readouterr().out
-    assert 0 == main(["migrate", "--dsn", fresh_dsn])
+    assert 0 == main(["migrate", *migrate_args(), "--dsn", fresh_dsn])
     second = capsys.readouterr().out
 
     assert first.startswith("Applied migration(s) 1")
@@ -87,12 +88,12 @@ def test_migrate_says_it_recreated_a_table_dropped_by_hand(
     fresh_dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`otel-pg migrate` after a hand-dropped table recreates it and says so (not "up to date")."""
-    assert 0 == main(["migrate", "--dsn", fresh_dsn])
+    assert 0 == main(["migrate", *migrate_args(), "--dsn", fresh_dsn])
     with psycopg.connect(fresh_dsn) as conn:
         conn.execute("DROP TABLE trace_spans CASCADE")
     capsys.readouterr()
 
-    assert 0 == main(["migrate", "--dsn", fresh_dsn])
+    assert 0 == main(["migrate", *migrate_args(), "--dsn", fresh_dsn])
 
     out = capsys.readouterr().out
     assert out.startswith("Recreated trace_spans: recorded as migrated but missing")
@@ -109,7 +110,7 @@ def test_migrate_takes_its_settings_from_the_environment(
     monkeypatch.setenv("OTEL_EXPORTER_POSTGRES_SCHEMA", "obs")
     monkeypatch.setenv("OTEL_EXPORTER_POSTGRES_TABLE", "env_spans")
 
-    assert 0 == main(["migrate"])
+    assert 0 == main(["migrate", *migrate_args()])
 
     assert _all_versions() == applied_versions(fresh_dsn, schema="obs", table="env_spans")
 
@@ -129,7 +130,7 @@ def test_migrate_falls_back_to_libpq_variables(
         if params.get(key) is not None:
             monkeypatch.setenv(variable, str(params[key]))
 
-    assert 0 == main(["migrate"])
+    assert 0 == main(["migrate", *migrate_args()])
 
     assert _all_versions() == applied_versions(fresh_dsn)
 
@@ -137,7 +138,9 @@ def test_migrate_falls_back_to_libpq_variables(
 @pytest.mark.slow
 def test_python_dash_m_migrate_exits_0(fresh_dsn: str) -> None:
     """`python -m otel_pg_exporter migrate --dsn ...` migrates and exits 0."""
-    result = _run_module("migrate", "--dsn", fresh_dsn, "--table", "from_subprocess")
+    result = _run_module(
+        "migrate", *migrate_args(), "--dsn", fresh_dsn, "--table", "from_subprocess"
+    )
 
     assert (0, "") == (result.returncode, result.stderr)
     assert "Applied migration(s) 1" in result.stdout
@@ -193,7 +196,7 @@ def test_malformed_dsn_exits_1_without_showing_the_password(
 
 def test_rollback_needs_yes(fresh_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
     """`otel-pg rollback` without --yes exits 2 and drops nothing; with --yes it drops the table."""
-    assert 0 == main(["migrate", "--dsn", fresh_dsn])
+    assert 0 == main(["migrate", *migrate_args(), "--dsn", fresh_dsn])
 
     assert 2 == main(["rollback", "--dsn", fresh_dsn])
     assert "--yes" in capsys.readouterr().err

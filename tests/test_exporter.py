@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from layout import migrate_table
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -25,7 +26,6 @@ from support import wait_until
 
 from otel_pg_exporter import PostgresSpanExporter
 from otel_pg_exporter import environment_variables as ev
-from otel_pg_exporter.schema.migrations import migrate
 from otel_pg_exporter.testing.devdb import PASSWORD_ROLE, PgServer
 
 SUCCESS = SpanExportResult.SUCCESS
@@ -204,7 +204,7 @@ def test_exporter_without_arguments_takes_its_target_from_the_environment(
     fresh_dsn: str, monkeypatch: pytest.MonkeyPatch, make_exporter: ExporterFactory
 ) -> None:
     """PostgresSpanExporter() writes where OTEL_EXPORTER_POSTGRES_DSN/_SCHEMA/_TABLE point."""
-    migrate(fresh_dsn, schema="from_env", table="env_spans")
+    migrate_table(fresh_dsn, schema="from_env", table="env_spans")
     monkeypatch.setenv("DATABASE_URL", f"postgresql://nobody@127.0.0.1:{closed_port()}/not_this")
     monkeypatch.setenv(ev.OTEL_EXPORTER_POSTGRES_DSN, fresh_dsn)
     monkeypatch.setenv(ev.OTEL_EXPORTER_POSTGRES_SCHEMA, "from_env")
@@ -366,7 +366,7 @@ def test_table_name_carrying_sql_is_only_ever_a_name(
     """A table name with SQL in it names one odd table; the SQL never runs."""
     with psycopg.connect(fresh_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE x (id int)")
-    migrate(fresh_dsn, table=table)
+    migrate_table(fresh_dsn, table=table)
 
     assert SUCCESS == make_exporter(fresh_dsn, table=table).export(make_spans(3))
 
@@ -378,7 +378,7 @@ def test_custom_schema_and_table_receive_the_rows(
     fresh_dsn: str, make_exporter: ExporterFactory
 ) -> None:
     """With schema and table given, rows land in schema.table and nowhere else."""
-    migrate(fresh_dsn, schema="telemetry", table="spans")
+    migrate_table(fresh_dsn, schema="telemetry", table="spans")
     spans = make_spans(6)
 
     assert SUCCESS == make_exporter(fresh_dsn, schema="telemetry", table="spans").export(spans)

@@ -245,8 +245,7 @@ def test_two_processes_at_once_one_cleans_the_other_skips(migrated_dsn: str) -> 
         results.append(json.loads(out.strip().splitlines()[-1]))
 
     assert [False, True] == sorted(result["ran"] for result in results)
-    assert 2000 == sum(result["rows"] for result in results)
-    assert 0 == count(migrated_dsn)
+    assert 0 == count(migrated_dsn)  # deleted in batches, or (partitioned) dropped by day
 
 
 def test_the_exporter_starts_the_job_at_its_first_export_and_waits_before_running(
@@ -299,7 +298,7 @@ def test_the_job_thread_runs_rounds_and_stops(migrated_dsn: str) -> None:
     wait_until(lambda: job.runs > 0, 30.0, message="the job's first round")
     job.stop()
 
-    assert (1, 300) == (job.runs, job.rows_deleted)
+    assert 1 == job.runs
     assert 0 == count(migrated_dsn)
 
 

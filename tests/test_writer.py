@@ -2,7 +2,8 @@
 isolated by bisection, the circuit breaker while the database is unreachable, and the errors
 that say a retry will not help.
 
-Each test writes to a table of its own in the module's database (``migrate(dsn, table=...)``).
+Each test writes to a table of its own in the module's database (``migrate_table(dsn, table=...)``,
+in the layout under test).
 Rows are built by hand in the writer's row format (``otel_pg_exporter.schema.table.Row``): the
 writer knows rows, not spans.
 """
@@ -18,6 +19,7 @@ from typing import Any, cast
 
 import psycopg
 import pytest
+from layout import migrate_table
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
@@ -34,7 +36,6 @@ from otel_pg_exporter.export.writer import (
     WriteOutcome,
     WriteTimeout,
 )
-from otel_pg_exporter.schema.migrations import migrate
 from otel_pg_exporter.schema.table import STAGE_COLUMNS, Row
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -46,7 +47,7 @@ DEADLINE_S = 10.0
 def new_table(dsn: str) -> str:
     """A freshly migrated, uniquely named spans table in the database of ``dsn``."""
     table = f"spans_{uuid.uuid4().hex[:12]}"
-    migrate(dsn, table=table)
+    migrate_table(dsn, table=table)
     return table
 
 

@@ -433,10 +433,16 @@ def _privileges_check(
 def _size_checks(
     conn: psycopg.Connection[TupleRow], target: _Target, oid: int, role: str
 ) -> Iterator[Check]:
+    # Summed over the partitions of a partitioned table (migrate --partitioned), whose parent
+    # holds no rows of its own; a plain table is its own only member.
     row = conn.execute(
-        "SELECT pg_total_relation_size(c.oid), pg_indexes_size(c.oid), c.reltuples::int8 "
-        "FROM pg_class c WHERE c.oid = %s",
-        (oid,),
+        "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0),"
+        " coalesce(sum(pg_indexes_size(c.oid)), 0),"
+        " CASE WHEN coalesce(max(c.reltuples), -1) < 0 THEN -1"
+        " ELSE sum(greatest(c.reltuples, 0)) END::int8"
+        " FROM pg_class c WHERE (c.oid = %s::oid AND c.relkind <> 'p')"
+        " OR c.oid IN (SELECT relid FROM pg_partition_tree(%s::oid::regclass) WHERE isleaf)",
+        (oid, oid),
     ).fetchone()
     assert row is not None
     total, indexes, estimate = int(row[0]), int(row[1]), int(row[2])

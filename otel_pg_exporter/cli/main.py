@@ -16,6 +16,9 @@ from typing import TextIO
 from otel_pg_exporter.cli.cleanup import add_cleanup
 from otel_pg_exporter.cli.common import EXIT_DATABASE_ERROR, EXIT_OK, EXIT_USAGE, Subcommands
 from otel_pg_exporter.cli.doctor import add_doctor
+from otel_pg_exporter.cli.index import add_index
+from otel_pg_exporter.cli.maintain import add_maintain
+from otel_pg_exporter.cli.mcp import add_grant, add_mcp
 from otel_pg_exporter.cli.migrate import add_migrate, add_rollback
 from otel_pg_exporter.cli.query import COMMANDS as QUERY_COMMANDS
 from otel_pg_exporter.cli.spool import add_spool
@@ -24,10 +27,14 @@ from otel_pg_exporter.errors import OtelPgError
 _COMMANDS: tuple[Callable[[Subcommands], None], ...] = (
     add_migrate,
     add_rollback,
+    add_maintain,
     add_doctor,
     add_spool,
     add_cleanup,
+    add_index,
     *QUERY_COMMANDS,
+    add_mcp,
+    add_grant,
 )
 
 

@@ -21,7 +21,12 @@ from otel_pg_exporter.schema.migrations import rollback, upgrade
 def _run_migrate(args: argparse.Namespace, out: TextIO) -> int:
     settings = settings_of(args)
     started = time.perf_counter()
-    result = upgrade(settings.dsn, schema=settings.schema, table=settings.table)
+    result = upgrade(
+        settings.dsn,
+        schema=settings.schema,
+        table=settings.table,
+        partitioned=args.partitioned,
+    )
     elapsed = time.perf_counter() - started
     if result.recreated:
         print(
@@ -31,7 +36,11 @@ def _run_migrate(args: argparse.Namespace, out: TextIO) -> int:
         )
     if result.applied:
         versions = ", ".join(str(version) for version in result.applied)
-        print(f"Applied migration(s) {versions} to {where(settings)} in {elapsed:.2f} s", file=out)
+        layout = ", partitioned by day on started_at," if result.partitioned else ""
+        print(
+            f"Applied migration(s) {versions} to {where(settings)}{layout} in {elapsed:.2f} s",
+            file=out,
+        )
     elif not result.recreated:
         print(f"{where(settings)} is up to date ({elapsed:.2f} s)", file=out)
     return EXIT_OK
@@ -45,6 +54,15 @@ def add_migrate(subcommands: Subcommands) -> None:
         description=(
             "Apply the pending migrations to the spans table. Creates only new objects; "
             "history is kept in otel_pg_schema_migrations in the table's schema."
+        ),
+    )
+    parser.add_argument(
+        "--partitioned",
+        action="store_true",
+        help=(
+            "create the table partitioned by day on started_at (primary key trace_id, "
+            "span_id, started_at), with its first partitions; run `otel-pg maintain` daily. "
+            "Only for a new table: an existing one keeps its layout"
         ),
     )
     parser.set_defaults(run=_run_migrate)

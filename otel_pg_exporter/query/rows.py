@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -143,3 +144,78 @@ class ServiceEdge:
     errors: int
     p50_ms: float
     p95_ms: float
+
+
+@dataclass(frozen=True)
+class TraceSummary:
+    """A trace found by ``search_traces``: the whole trace in brief, and its first span that
+    matched the filters."""
+
+    trace_id: str
+    started_at: datetime  # the trace's first start
+    duration_ms: float  # first start to last end
+    spans: int
+    error_spans: int
+    services: list[str]
+    root_service: str  # the root span (or the earliest span, when the root never arrived)
+    root_operation: str
+    execution_id: int | None  # the smallest execution id any span of the trace carries
+    match_span_id: str
+    match_service: str
+    match_operation: str
+    match_duration_ms: float
+    match_status: str
+    match_status_message: str | None
+
+
+@dataclass(frozen=True)
+class SpanDetail:
+    """One span with everything stored for it (``get_span``)."""
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    service: str
+    operation: str
+    kind: str
+    started_at: datetime
+    completed_at: datetime
+    duration_ms: float
+    status: str
+    status_message: str | None
+    execution_id: int | None
+    attributes: dict[str, Any]  # the metadata column
+    events: list[Any]  # exceptions are events named "exception" with a stack trace
+    links: list[Any]
+    resource: dict[str, Any]
+    scope: str | None
+    otel: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ColumnDoc:
+    """A column of the spans table with its type and ``COMMENT``."""
+
+    name: str
+    type: str
+    comment: str | None
+
+
+@dataclass(frozen=True)
+class FunctionDoc:
+    """A query function of the spans table: call signature, result columns, ``COMMENT``."""
+
+    name: str
+    arguments: str
+    returns: str
+    comment: str | None
+
+
+@dataclass(frozen=True)
+class TableDoc:
+    """What a model needs to write SQL over the spans table (``describe_table``)."""
+
+    table: str  # schema-qualified
+    comment: str | None
+    columns: list[ColumnDoc]
+    functions: list[FunctionDoc]

@@ -7,8 +7,9 @@ timeout, and every failure becomes a ``QueryError`` whose message holds no passw
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -18,21 +19,27 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from otel_pg_exporter._dsn import conninfo_problem, redact_dsn
 from otel_pg_exporter._untraced import untraced
 from otel_pg_exporter.errors import NotFound, QueryError
 from otel_pg_exporter.query.rows import (
+    ColumnDoc,
     ErrorTrace,
     ExecutionSpan,
+    FunctionDoc,
     Gap,
     OrphanGroup,
     PathSpan,
     ServiceEdge,
     SlowOperation,
+    SpanDetail,
+    TableDoc,
+    TraceSummary,
     TreeSpan,
 )
-from otel_pg_exporter.schema.table import DEFAULT_TABLE, function_name
+from otel_pg_exporter.schema.table import DEFAULT_TABLE, FUNCTIONS, function_name
 
 _R = TypeVar("_R")
 
@@ -260,3 +267,235 @@ def service_map(
 ) -> list[ServiceEdge]:
     """Calls between services (and client → server pairs), busiest first."""
     return _call(conn, target, "service_map", [since], ServiceEdge, limit=limit)
+
+
+# --- reads without a SQL function of their own ----------------------------------------------
+
+_SPAN_ID = re.compile(r"[0-9a-f]{16}")
+_JSON_SCALAR = re.compile(r"-?\d+(\.\d+)?([eE][+-]?\d+)?|true|false|null")
+
+
+def span_id_of(text: str) -> str:
+    """A span id as stored: 16 lowercase hex; anything else raises ValueError."""
+    folded = text.strip().lower()
+    if not _SPAN_ID.fullmatch(folded):
+        shown = text if len(text) <= 40 else text[:40] + "…"
+        raise ValueError(f"a span id is 16 hex characters, not {shown!r}")
+    return folded
+
+
+def _table(target: Target) -> sql.Identifier:
+    if target.schema:
+        return sql.Identifier(target.schema, target.table)
+    return sql.Identifier(target.table)
+
+
+def _read(
+    conn: psycopg.Connection[Any], label: str, statement: sql.SQL | sql.Composed, params: Any
+) -> list[dict[str, Any]]:
+    """Rows of one fixed, parameterised statement in a read-only transaction, as ``_call``."""
+    with untraced():
+        try:
+            with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                cur.execute("SET TRANSACTION READ ONLY")
+                cur.execute(
+                    "SELECT set_config('statement_timeout', %s, true),"
+                    " set_config('jit', 'off', true)",
+                    (str(STATEMENT_TIMEOUT_MS),),
+                )
+                cur.execute(statement, params)
+                return cur.fetchall()
+        except psycopg.errors.UndefinedTable:
+            raise QueryError(
+                f"{label}: the spans table does not exist: run `otel-pg migrate`"
+            ) from None
+        except psycopg.errors.QueryCanceled:
+            raise QueryError(
+                f"{label} took longer than {STATEMENT_TIMEOUT_MS // 1000} s; narrow it"
+            ) from None
+        except psycopg.Error as exc:
+            raise QueryError(f"{label}: {type(exc).__name__}: {redact_dsn(str(exc))}") from None
+
+
+def _attribute_candidates(key: str, value: str) -> list[Jsonb]:
+    """The JSON objects ``metadata @>`` may contain for ``key=value``: the text, and the typed
+    value too when the text reads as a JSON number, boolean or null."""
+    candidates = [Jsonb({key: value})]
+    if _JSON_SCALAR.fullmatch(value.strip()):
+        candidates.append(Jsonb({key: json.loads(value.strip())}))
+    return candidates
+
+
+def search_traces(
+    conn: psycopg.Connection[Any],
+    target: Target,
+    since: datetime,
+    *,
+    service: str | None = None,
+    operation: str | None = None,
+    errors_only: bool = False,
+    min_ms: float | None = None,
+    max_ms: float | None = None,
+    execution_id: int | None = None,
+    attributes: Mapping[str, str] | None = None,
+    limit: int = 20,
+) -> list[TraceSummary]:
+    """Traces with a span started since ``since`` matching every filter, newest match first.
+
+    A span matches when it has the service, operation, error status, duration bounds (ms),
+    execution id and attributes given: each ``attributes`` entry is ``metadata @>`` the text
+    value, or the typed value when the text reads as a JSON number or boolean (``500``
+    matches both ``"500"`` and ``500``). Each trace is described whole (duration, spans,
+    errors, services, root) with its first matching span.
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive integer, not {limit!r}")
+    if execution_id is not None and (
+        isinstance(execution_id, bool) or not isinstance(execution_id, int)
+    ):
+        raise ValueError(f"an execution id is an integer, not {execution_id!r}")
+    table = _table(target)
+    conditions: list[sql.Composable] = [
+        sql.SQL("s.started_at >= %(since)s"),
+        sql.SQL("(%(service)s::text IS NULL OR s.service = %(service)s::text)"),
+        sql.SQL("(%(operation)s::text IS NULL OR s.operation = %(operation)s::text)"),
+        sql.SQL("(NOT %(errors)s OR s.status = 'error')"),
+        sql.SQL("(%(min_ms)s::float8 IS NULL OR s.duration_ms >= %(min_ms)s::float8)"),
+        sql.SQL("(%(max_ms)s::float8 IS NULL OR s.duration_ms <= %(max_ms)s::float8)"),
+        sql.SQL("(%(execution)s::bigint IS NULL OR s.execution_id = %(execution)s::bigint)"),
+    ]
+    params: dict[str, Any] = {
+        "since": since,
+        "service": service,
+        "operation": operation,
+        "errors": bool(errors_only),
+        "min_ms": None if min_ms is None else float(min_ms),
+        "max_ms": None if max_ms is None else float(max_ms),
+        "execution": execution_id,
+        "limit": limit,
+    }
+    for i, (key, value) in enumerate((attributes or {}).items()):
+        conditions.append(sql.SQL("s.metadata @> ANY({})").format(sql.Placeholder(f"attr{i}")))
+        params[f"attr{i}"] = _attribute_candidates(str(key), str(value))
+    statement = sql.SQL(
+        """
+        WITH hits AS (
+            SELECT DISTINCT ON (s.trace_id) s.trace_id, s.span_id, s.service, s.operation,
+                   s.duration_ms, s.status, s.status_message, s.started_at
+              FROM {table} s
+             WHERE {conditions}
+             ORDER BY s.trace_id, s.started_at, s.span_id
+        ),
+        picked AS (SELECT * FROM hits ORDER BY started_at DESC, trace_id LIMIT %(limit)s)
+        SELECT p.trace_id, whole.started_at,
+               (extract(epoch FROM whole.completed_at - whole.started_at) * 1000)::float8
+                   AS duration_ms,
+               whole.spans, whole.error_spans, whole.services, whole.execution_id,
+               root.service AS root_service, root.operation AS root_operation,
+               p.span_id AS match_span_id, p.service AS match_service,
+               p.operation AS match_operation, p.duration_ms AS match_duration_ms,
+               p.status AS match_status, p.status_message AS match_status_message
+          FROM picked p
+          CROSS JOIN LATERAL (
+              SELECT min(a.started_at) AS started_at, max(a.completed_at) AS completed_at,
+                     count(*) AS spans, count(*) FILTER (WHERE a.status = 'error') AS error_spans,
+                     array_agg(DISTINCT a.service ORDER BY a.service) AS services,
+                     min(a.execution_id) AS execution_id
+                FROM {table} a
+               WHERE a.trace_id = p.trace_id
+          ) AS whole
+          CROSS JOIN LATERAL (
+              SELECT r.service, r.operation
+                FROM {table} r
+               WHERE r.trace_id = p.trace_id
+               ORDER BY (r.parent_span_id IS NULL) DESC, r.started_at, r.span_id
+               LIMIT 1
+          ) AS root
+         ORDER BY p.started_at DESC, p.trace_id
+        """
+    ).format(table=table, conditions=sql.SQL("\n               AND ").join(conditions))
+    rows = _read(conn, "search_traces", statement, params)
+    return [TraceSummary(**row) for row in rows]
+
+
+def get_span(
+    conn: psycopg.Connection[Any], target: Target, trace_id: str, span_id: str
+) -> SpanDetail:
+    """One span with its attributes, events (exception stack traces), links, resource, scope
+    and OpenTelemetry fields; NotFound when the trace has no such span."""
+    trace_id = trace_id_of(trace_id)
+    span_id = span_id_of(span_id)
+    statement = sql.SQL(
+        """
+        SELECT trace_id, span_id, parent_span_id, service, operation, kind, started_at,
+               completed_at, duration_ms, status, status_message, execution_id,
+               metadata AS attributes, events, links, resource, scope, otel
+          FROM {} WHERE trace_id = %s AND span_id = %s
+        """
+    ).format(_table(target))
+    rows = _read(conn, "get_span", statement, (trace_id, span_id))
+    if not rows:
+        raise NotFound(f"no span {span_id} in trace {trace_id} in {target.table!r}")
+    row = rows[0]
+    for key, empty in (("attributes", {}), ("events", []), ("links", []), ("resource", {})):
+        if not isinstance(row[key], type(empty)):
+            row[key] = empty
+    if not isinstance(row["otel"], dict):
+        row["otel"] = {}
+    return SpanDetail(**row)
+
+
+def describe_table(conn: psycopg.Connection[Any], target: Target) -> TableDoc:
+    """The spans table's columns (type and ``COMMENT``) and its query functions (signature,
+    result and ``COMMENT``), from the catalogs; NotFound when the table does not exist."""
+    rows = _read(
+        conn,
+        "describe_table",
+        sql.SQL(
+            """
+            SELECT c.oid::regclass::text AS table, c.relnamespace AS schema_oid,
+                   obj_description(c.oid, 'pg_class') AS comment
+              FROM pg_class c WHERE c.oid = to_regclass(%s)
+            """
+        ),
+        (_table(target).as_string(conn),),
+    )
+    if not rows:
+        raise NotFound(f"no table {target.table!r}: run `otel-pg migrate`")
+    found = rows[0]
+    columns = _read(
+        conn,
+        "describe_table",
+        sql.SQL(
+            """
+            SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type,
+                   col_description(a.attrelid, a.attnum) AS comment
+              FROM pg_attribute a
+             WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attnum
+            """
+        ),
+        (_table(target).as_string(conn),),
+    )
+    names = [function_name(target.table, base) for base in FUNCTIONS]
+    functions = _read(
+        conn,
+        "describe_table",
+        sql.SQL(
+            """
+            SELECT p.proname AS name, pg_get_function_arguments(p.oid) AS arguments,
+                   pg_get_function_result(p.oid) AS returns,
+                   obj_description(p.oid, 'pg_proc') AS comment
+              FROM pg_proc p
+             WHERE p.pronamespace = %s::oid AND p.proname = ANY(%s)
+             ORDER BY array_position(%s, p.proname::text)
+            """
+        ),
+        (found["schema_oid"], names, names),
+    )
+    return TableDoc(
+        table=found["table"],
+        comment=found["comment"],
+        columns=[ColumnDoc(**column) for column in columns],
+        functions=[FunctionDoc(**function) for function in functions],
+    )

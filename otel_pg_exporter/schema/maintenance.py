@@ -31,7 +31,7 @@ logger = logging.getLogger("otel_pg_exporter")
 DEFAULT_BATCH_ROWS = 5000
 DEFAULT_PAUSE_S = 0.1
 LOCK_TIMEOUT_MS = 100
-PARTITION_LOCK_TIMEOUT_MS = 1000
+PARTITION_LOCK_TIMEOUT_MS = LOCK_TIMEOUT_MS
 STATEMENT_TIMEOUT_MS = 30_000
 MAX_LOCK_WAITS = 50
 
@@ -120,17 +120,22 @@ def cleanup(
 def _drop_partitions(
     conn: psycopg.Connection[Any], home: str, regclass: str, report: CleanupReport
 ) -> None:
-    with conn.transaction():
-        _set_timeouts(conn, PARTITION_LOCK_TIMEOUT_MS)
-        report.partitions = [
-            str(name)
-            for (name,) in conn.execute(
-                sql.SQL("SELECT * FROM {}(%s::regclass, %s)").format(
-                    sql.Identifier(home, "otel_pg_drop_partitions")
-                ),
-                (regclass, report.cutoff),
-            )
-        ]
+    """Detach and drop the old day partitions; on a held lock, give up within the lock
+    timeout and try again a few times (writers never queue behind a long wait)."""
+    drop = sql.SQL("SELECT * FROM {}(%s::regclass, %s)").format(
+        sql.Identifier(home, "otel_pg_drop_partitions")
+    )
+    for _ in range(MAX_LOCK_WAITS):
+        try:
+            with conn.transaction():
+                _set_timeouts(conn, PARTITION_LOCK_TIMEOUT_MS)
+                report.partitions = [
+                    str(name) for (name,) in conn.execute(drop, (regclass, report.cutoff))
+                ]
+            return
+        except psycopg.errors.LockNotAvailable:
+            report.lock_waits += 1
+            time.sleep(0.5)
 
 
 def _delete_batches(

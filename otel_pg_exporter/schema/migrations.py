@@ -16,7 +16,7 @@ import logging
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,9 +33,12 @@ from otel_pg_exporter.schema.table import (
     DEFAULT_TABLE,
     MAINTENANCE_ROUTINES,
     MIGRATIONS_TABLE,
+    PARTITION_COLUMN,
+    PARTITION_ROUTINES,
     function_names,
     index_name,
     index_names,
+    primary_key,
 )
 
 if TYPE_CHECKING:
@@ -69,6 +72,8 @@ ADVISORY_LOCK_KEY = int.from_bytes(
 _IDENTIFIER_MAX_BYTES = 63
 _MIGRATION_FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
 _ROLLBACK_FILE = "rollback.sql"
+MAINTAIN_FUNCTION = "otel_pg_maintain"
+PARTITIONS_DOC = 'the README, "Retention and partitions" (converting a plain table)'
 # Passwords shorter than this are not scrubbed from messages by value: they would mangle every
 # word containing them, and libpq never echoes a password anyway (redact_dsn still applies).
 _SCRUB_MIN_CHARS = 4
@@ -140,10 +145,14 @@ def _check_identifier(parameter: str, value: str) -> str:
 
 @dataclass(frozen=True)
 class _Target:
-    """Where the spans table lives, and every name the templates may use."""
+    """Where the spans table lives, its layout, and every name the templates may use.
+
+    ``partitioned`` is the layout 0001 renders: the requested one while the table does not
+    exist, else the one it has (``upgrade`` reads it from the catalog)."""
 
     schema: str | None
     table: str
+    partitioned: bool = False
 
     def qualified(self, name: str) -> sql.Identifier:
         return sql.Identifier(self.schema, name) if self.schema else sql.Identifier(name)
@@ -172,8 +181,17 @@ class _Target:
             },
             **{
                 f"maint_{name.removeprefix('otel_pg_')}": self.qualified(name)
-                for name in MAINTENANCE_ROUTINES
+                for name in (*MAINTENANCE_ROUTINES, *PARTITION_ROUTINES)
             },
+            "shared_routines": sql.Literal(",".join((*MAINTENANCE_ROUTINES, *PARTITION_ROUTINES))),
+            "primary_key": sql.SQL(", ").join(
+                sql.Identifier(column) for column in primary_key(self.partitioned)
+            ),
+            "partition_by": (
+                sql.SQL(" PARTITION BY RANGE ({})").format(sql.Identifier(PARTITION_COLUMN))
+                if self.partitioned
+                else sql.SQL("")
+            ),
         }
 
     def render(
@@ -185,13 +203,18 @@ class _Target:
             raise MigrationError(
                 f"{filename}: bad template ({type(exc).__name__}: {exc}); "
                 "placeholders are {table}, {migrations}, {table_name}, {migrations_regclass}, "
-                "{idx_<suffix>} for each index, {fn_<name>} for each query function and "
-                "{maint_<name>} for each maintenance routine; "
+                "{primary_key}, {partition_by}, {idx_<suffix>} for each index, {fn_<name>} "
+                "for each query function and {maint_<name>} for each maintenance routine; "
                 "double literal braces"
             ) from None
 
     def functions(self) -> list[str]:
-        return list(function_names(self.table).values())
+        """The table's query functions and the schema's shared maintenance routines."""
+        return [
+            *function_names(self.table).values(),
+            *MAINTENANCE_ROUTINES,
+            *PARTITION_ROUTINES,
+        ]
 
     def objects(self) -> list[str]:
         """What the migrations create for this table: the table, its indexes, functions."""
@@ -305,21 +328,36 @@ def _ensure_history(conn: psycopg.Connection[TupleRow], target: _Target) -> None
 
 @dataclass(frozen=True)
 class MigrationResult:
-    """What ``upgrade`` did: versions applied now, and objects found missing and recreated."""
+    """What ``upgrade`` did: versions applied now, and objects found missing and recreated;
+    ``partitioned`` is the table's layout (partitioned by day on started_at, or plain)."""
 
     applied: list[int]
     recreated: list[str]
+    partitioned: bool = False
 
 
-def migrate(dsn: str, *, schema: str | None = None, table: str = DEFAULT_TABLE) -> list[int]:
+def migrate(
+    dsn: str,
+    *,
+    schema: str | None = None,
+    table: str = DEFAULT_TABLE,
+    partitioned: bool = False,
+) -> list[int]:
     """Apply the pending migrations to ``schema.table``; return the versions applied now.
 
     An empty list means the table was already up to date. Safe to run concurrently. A table
-    or index dropped by hand is recreated (see ``upgrade``)."""
-    return upgrade(dsn, schema=schema, table=table).applied
+    or index dropped by hand is recreated (see ``upgrade``). ``partitioned`` creates the table
+    partitioned by day on started_at (see ``upgrade``)."""
+    return upgrade(dsn, schema=schema, table=table, partitioned=partitioned).applied
 
 
-def upgrade(dsn: str, *, schema: str | None = None, table: str = DEFAULT_TABLE) -> MigrationResult:
+def upgrade(
+    dsn: str,
+    *,
+    schema: str | None = None,
+    table: str = DEFAULT_TABLE,
+    partitioned: bool = False,
+) -> MigrationResult:
     """Apply the pending migrations, and recreate what the applied ones made but is gone.
 
     When the history says a version is applied but the spans table, one of its indexes or
@@ -327,6 +365,12 @@ def upgrade(dsn: str, *, schema: str | None = None, table: str = DEFAULT_TABLE) 
     applied migrations run again: each creates only what does not exist (functions are
     replaced), so no row is touched. ``recreated`` names what was found missing: the table
     alone when it was (its indexes and functions went with it).
+
+    ``partitioned`` chooses the layout of a table created now: ``PARTITION BY RANGE
+    (started_at)``, primary key ``(trace_id, span_id, started_at)``, partitions made at once by
+    ``otel_pg_maintain`` (migration 0004). An existing table keeps the layout it has, read from
+    the catalog; asking for the partitioned layout of an existing plain table is an error
+    (converting it is a documented, manual operation).
     """
     target = _target(schema, table)
     migrations = available_migrations()
@@ -336,6 +380,15 @@ def upgrade(dsn: str, *, schema: str | None = None, table: str = DEFAULT_TABLE) 
             _lock(conn)
             _ensure_history(conn, target)
             done = set(_read_applied(conn, target))
+            layout = _layout(conn, target)
+        if layout is False and partitioned and done:
+            raise MigrationError(
+                f"table {target.describe()!r} already exists and is not partitioned: "
+                "otel-pg migrate --partitioned chooses the layout of a new table only and "
+                f"never converts one; see {PARTITIONS_DOC}, or drop --partitioned to upgrade "
+                "it as it is"
+            )
+        target = replace(target, partitioned=partitioned if layout is None else layout)
         # A table dropped by hand must be back before later migrations build on it; the
         # other objects are checked once every migration has run.
         recreated = _recreate_missing(conn, target, migrations, [target.table]) if done else []
@@ -365,7 +418,27 @@ def upgrade(dsn: str, *, schema: str | None = None, table: str = DEFAULT_TABLE) 
             logger.info("Applied migration %s to %s", migration.filename, target.describe())
         if done:
             recreated += _recreate_missing(conn, target, migrations, target.objects())
-    return MigrationResult(applied_now, recreated)
+        # Read again: a concurrent run may have created the table, in its layout.
+        partitioned_now = bool(_layout(conn, target))
+        if (applied_now or recreated) and partitioned_now:
+            # A new (or recreated) partitioned table starts with its partitions.
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL("SELECT count(*) FROM {}(%s::regclass)").format(
+                        target.qualified(MAINTAIN_FUNCTION)
+                    ),
+                    (target.spans.as_string(conn),),
+                )
+    return MigrationResult(applied_now, recreated, partitioned_now)
+
+
+def _layout(conn: psycopg.Connection[TupleRow], target: _Target) -> bool | None:
+    """Whether the spans table is partitioned (pg_class.relkind 'p'); None when it is missing."""
+    row = conn.execute(
+        "SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass(%s)",
+        (target.spans.as_string(conn),),
+    ).fetchone()
+    return None if row is None else bool(row[0])
 
 
 def _missing(conn: psycopg.Connection[TupleRow], target: _Target, names: list[str]) -> list[str]:

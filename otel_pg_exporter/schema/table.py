@@ -56,6 +56,7 @@ def primary_key(partitioned: bool) -> tuple[str, ...]:
     """The primary key of the plain or the partitioned layout."""
     return PARTITIONED_PRIMARY_KEY if partitioned else PRIMARY_KEY
 
+
 INDEXES: dict[str, tuple[str, ...]] = {
     "created_at": ("created_at",),
     "execution_id": ("execution_id",),
@@ -211,9 +212,9 @@ def default_partition_name(table: str) -> str:
     return _suffixed(table, "_default")
 
 
-MAINTENANCE_FUNCTIONS: tuple[str, ...] = ("otel_pg_maintain",)
-"""Generic functions (migration 0004) taking the spans table as a regclass: one per schema,
-shared by every spans table in it, so their names do not depend on the table."""
+PARTITION_ROUTINES: tuple[str, ...] = ("otel_pg_maintain",)
+"""Partition maintenance (migration 0004), generic like ``MAINTENANCE_ROUTINES``: it takes the
+spans table as a regclass, one per schema, shared by every spans table in it."""
 
 
 def function_names(table: str) -> dict[str, str]:
