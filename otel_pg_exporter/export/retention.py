@@ -15,14 +15,13 @@ import logging
 import random
 import threading
 from datetime import timedelta
-from typing import Any
 
 import psycopg
 
 from otel_pg_exporter._dsn import redact_dsn
 from otel_pg_exporter._untraced import untraced
 from otel_pg_exporter.errors import OtelPgError
-from otel_pg_exporter.schema import maintenance
+from otel_pg_exporter.schema import maintenance, partitions
 
 logger = logging.getLogger("otel_pg_exporter")
 
@@ -102,7 +101,7 @@ class RetentionJob:
                 self.skipped += 1
                 return False
             try:
-                self._maintain_partitions(conn)
+                self._maintain_partitions()
                 report = maintenance.cleanup(
                     self._dsn,
                     older_than=self._older_than,
@@ -122,12 +121,9 @@ class RetentionJob:
             logger.info("Retention of %s: %s", self._table, report.summary())
         return True
 
-    def _maintain_partitions(self, conn: psycopg.Connection[Any]) -> None:
-        """Keep day partitions ahead, when the layout has them (migration 0004)."""
-        try:
-            from otel_pg_exporter.schema import partitions  # type: ignore[attr-defined,unused-ignore]
-        except ImportError:
-            return
+    def _maintain_partitions(self) -> None:
+        """Keep day partitions ahead and the default partition empty (a no-op for the plain
+        layout, and for a table pg_partman manages)."""
         try:
             partitions.maintain(self._dsn, schema=self._schema, table=self._table)
         except OtelPgError as exc:
