@@ -57,20 +57,20 @@ INSERT INTO trace_spans (trace_id, span_id, parent_span_id, service, operation, 
     events, resource, scope, created_at)
 SELECT md5('t' || tr), left(md5('s' || i), 16),
        CASE WHEN k = 0 THEN NULL ELSE left(md5('s' || (i - k)), 16) END,
-       'svc' || (tr % 5) || CASE WHEN k > 5 THEN '-db' ELSE '' END,
-       CASE WHEN k = 0 THEN 'GET /route' || (tr % 20) ELSE 'step' || k END,
+       'svc' || (tr %% 5) || CASE WHEN k > 5 THEN '-db' ELSE '' END,
+       CASE WHEN k = 0 THEN 'GET /route' || (tr %% 20) ELSE 'step' || k END,
        CASE WHEN k = 0 THEN 'server' WHEN k > 5 THEN 'client' ELSE 'internal' END,
        t0 + k * interval '2 ms', t0 + k * interval '2 ms' + d * interval '1 ms', d,
        CASE WHEN err AND k = 3 THEN 'error' ELSE 'unset' END,
        CASE WHEN err AND k = 3 THEN 'TimeoutError: upstream timed out' END,
-       CASE WHEN tr % 3 = 0 THEN tr END,
-       jsonb_build_object('http.route', '/items/' || (tr % 100), 'conversation.id',
-                          'c' || (tr % 100000), 'user.id', tr % 5000, 'step', k),
+       CASE WHEN tr %% 3 = 0 THEN tr END,
+       jsonb_build_object('http.route', '/items/' || (tr %% 100), 'conversation.id',
+                          'c' || (tr %% 100000), 'user.id', tr %% 5000, 'step', k),
        CASE WHEN err AND k = 3 THEN jsonb_build_array(jsonb_build_object('name', 'exception',
             'time', t0, 'attributes', jsonb_build_object('exception.type', 'TimeoutError',
             'exception.message', 'upstream timed out', 'exception.stacktrace', 'Traceback ...')))
        END,
-       jsonb_build_object('service.name', 'svc' || (tr % 5), 'telemetry.sdk.language', 'python'),
+       jsonb_build_object('service.name', 'svc' || (tr %% 5), 'telemetry.sdk.language', 'python'),
        'benchmarks.scale', t0
   FROM generate_series(%(first)s::int8, %(last)s::int8) AS i,
        LATERAL (SELECT i / 10 AS tr, (i %% 10)::int AS k) AS ids,
@@ -190,7 +190,9 @@ def measure(dsn: str, spans: int, *, partitioned: bool, export_spans: int) -> di
     result: dict[str, Any] = {"layout": "partitioned" if partitioned else "plain"}
     result["load_s"] = load(dsn, spans, partitioned=partitioned)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("SELECT pg_total_relation_size('trace_spans')").fetchone()
+        row = conn.execute(
+            "SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('trace_spans')"
+        ).fetchone()
         result["table_bytes"] = int(row[0]) if row else 0
         rng = random.Random(3)
         traces = spans // SPANS_PER_TRACE
