@@ -17,11 +17,10 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from otel_pg_exporter._dsn import conninfo_problem, redact_dsn
+from otel_pg_exporter._dsn import open_connection, redact_dsn
 from otel_pg_exporter._untraced import untraced
 from otel_pg_exporter.errors import NotFound, QueryError
 from otel_pg_exporter.query.rows import (
@@ -94,34 +93,11 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
 @contextmanager
 def connect(dsn: str) -> Iterator[psycopg.Connection[Any]]:
     """A connection for queries; a failure to connect is a QueryError without the password."""
-    try:
-        conninfo_to_dict(dsn)
-    except psycopg.Error as exc:
-        raise QueryError(conninfo_problem(dsn, exc)) from None
-    with untraced():
-        try:
-            conn = psycopg.connect(
-                dsn,
-                autocommit=True,
-                connect_timeout=CONNECT_TIMEOUT_S,
-                application_name=APPLICATION_NAME,
-            )
-        except psycopg.Error as exc:
-            shown = repr(redact_dsn(dsn)) if dsn.strip() else "the libpq defaults (PG* variables)"
-            raise QueryError(f"cannot connect to {shown}: {_scrub(exc, dsn)}") from None
-        with conn:
-            yield conn
-
-
-def _scrub(exc: BaseException, dsn: str) -> str:
-    text = redact_dsn(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-    try:
-        password = conninfo_to_dict(dsn).get("password")
-    except psycopg.Error:
-        password = None
-    if isinstance(password, str) and len(password) >= 4:
-        text = text.replace(password, "***")
-    return text
+    conn = open_connection(
+        dsn, application_name=APPLICATION_NAME, error=QueryError, connect_timeout=CONNECT_TIMEOUT_S
+    )
+    with conn:
+        yield conn
 
 
 def _call(

@@ -23,10 +23,9 @@ from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 
-from otel_pg_exporter._dsn import conninfo_problem, redact_dsn
+from otel_pg_exporter._dsn import open_connection, scrub_message
 from otel_pg_exporter._untraced import untraced
 from otel_pg_exporter.errors import MigrationError
 from otel_pg_exporter.schema.table import (
@@ -74,9 +73,6 @@ _MIGRATION_FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
 _ROLLBACK_FILE = "rollback.sql"
 MAINTAIN_FUNCTION = "otel_pg_maintain"
 PARTITIONS_DOC = 'the README, "Retention and partitions" (converting a plain table)'
-# Passwords shorter than this are not scrubbed from messages by value: they would mangle every
-# word containing them, and libpq never echoes a password anyway (redact_dsn still applies).
-_SCRUB_MIN_CHARS = 4
 
 
 @dataclass(frozen=True)
@@ -230,45 +226,21 @@ def _target(schema: str | None, table: str) -> _Target:
     return _Target(schema, _check_identifier("table", table))
 
 
-def _scrub(text: str, dsn: str) -> str:
-    text = redact_dsn(text)
-    try:
-        password = conninfo_to_dict(dsn).get("password")
-    except psycopg.Error:
-        password = None
-    if isinstance(password, str) and len(password) >= _SCRUB_MIN_CHARS:
-        text = text.replace(password, "***")
-    return text
-
-
-def _shown_dsn(dsn: str) -> str:
-    return repr(redact_dsn(dsn)) if dsn.strip() else "the libpq defaults (PG* variables)"
-
-
 @contextmanager
 def connection(dsn: str) -> Iterator[psycopg.Connection[TupleRow]]:
     """An autocommit connection; every failure becomes a MigrationError without a password."""
-    try:
-        conninfo_to_dict(dsn)
-    except psycopg.Error as exc:
-        raise MigrationError(conninfo_problem(dsn, exc)) from None
+    conn = open_connection(
+        dsn,
+        application_name=APPLICATION_NAME,
+        error=MigrationError,
+        connect_timeout=CONNECT_TIMEOUT_S,
+    )
     with untraced():
-        try:
-            conn = psycopg.connect(
-                dsn,
-                autocommit=True,
-                connect_timeout=CONNECT_TIMEOUT_S,
-                application_name=APPLICATION_NAME,
-            )
-        except psycopg.Error as exc:
-            raise MigrationError(
-                f"cannot connect to {_shown_dsn(dsn)}: {_scrub(str(exc).strip(), dsn)}"
-            ) from None
         try:
             with conn:
                 yield conn
         except psycopg.Error as exc:
-            message = _scrub(str(exc).strip(), dsn)
+            message = scrub_message(str(exc).strip(), dsn)
             raise MigrationError(f"{type(exc).__name__}: {message}") from None
 
 
