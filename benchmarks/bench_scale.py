@@ -190,8 +190,9 @@ def measure(dsn: str, spans: int, *, partitioned: bool, export_spans: int) -> di
     result: dict[str, Any] = {"layout": "partitioned" if partitioned else "plain"}
     result["load_s"] = load(dsn, spans, partitioned=partitioned)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('trace_spans')"
+        row = conn.execute(  # pg_partition_tree is empty for a plain table
+            "SELECT coalesce((SELECT sum(pg_total_relation_size(relid))"
+            " FROM pg_partition_tree('trace_spans')), pg_total_relation_size('trace_spans'))"
         ).fetchone()
         result["table_bytes"] = int(row[0]) if row else 0
         rng = random.Random(3)
@@ -348,6 +349,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
             cluster.drop_database(f"scale_{layout}")
+            write_report(args, results, started)
+    return 0
+
+
+def write_report(args: argparse.Namespace, results: list[dict[str, Any]], started: float) -> None:
+    """The table so far (after each layout, so a long run leaves what it measured)."""
     rows = rows_for(results)
     machine = f"{platform.node()}: {platform.processor() or platform.machine()}, Python "
     machine += platform.python_version()
@@ -368,7 +375,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         json.dumps({"spans": args.spans, "results": results}, indent=2, default=str),
         encoding="utf-8",
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -204,7 +204,8 @@ def _all(conn: psycopg.Connection[Any], schema: str | None, table: str) -> list[
     target = _qualified(schema, table).as_string(conn)
     rows = conn.execute(
         "SELECT i.relname, pg_get_indexdef(i.oid),"
-        " (SELECT coalesce(sum(pg_relation_size(relid)), 0) FROM pg_partition_tree(i.oid)),"
+        " coalesce((SELECT sum(pg_relation_size(relid)) FROM pg_partition_tree(i.oid)),"
+        "          pg_relation_size(i.oid)),"
         " x.indisvalid,"
         " obj_description(i.oid, 'pg_class')"
         " FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid"
