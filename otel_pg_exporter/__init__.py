@@ -8,6 +8,7 @@ and ``errors`` every error. Only the names below are imported here.
 """
 
 from otel_pg_exporter._configure import Handle, configure
+from otel_pg_exporter._flush_after import flush_after
 from otel_pg_exporter.errors import (
     MigrationError,
     OtelPgError,
@@ -28,4 +29,5 @@ __all__ = [
     "SpoolError",
     "WriteError",
     "configure",
+    "flush_after",
 ]

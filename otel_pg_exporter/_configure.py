@@ -27,6 +27,8 @@ from otel_pg_exporter.integrations import logcorrelation
 from otel_pg_exporter.settings import BatchSettings, SentrySettings, report_once
 
 if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
+
     from otel_pg_exporter.integrations.sentry import SentryBridge
 
 logger = logging.getLogger("otel_pg_exporter")
@@ -80,6 +82,23 @@ class Handle:
             return True
         return bool(self.processor.force_flush(int(_left(deadline) * 1000)))
 
+    def flush_or_spool(self, timeout: float) -> bool:
+        """Flush within ``timeout`` seconds, then spool at once whatever is not stored yet (or
+        count it dropped when the spool is off): nothing is left only in memory. True when
+        every span was stored in time. The return comes within ``timeout`` plus the time
+        to append the rest to the spool file (milliseconds)."""
+        deadline = time.monotonic() + timeout
+        if self._shutdown:
+            return False
+        exporter = self.exporter
+        if exporter is None:
+            return self.force_flush(timeout)
+        with exporter.export_by(deadline):
+            stored = self.force_flush(_left(deadline))
+        if not stored:
+            exporter.spool_in_hand()
+        return stored
+
     def shutdown(self, timeout: float = 30.0) -> None:
         """Flush, stop the export thread and close the pool within ``timeout`` seconds in
         all (what is not stored by then is spooled); idempotent."""
@@ -114,6 +133,8 @@ def configure(
     table: str | None = None,
     timeout: float | None = None,
     pool_max: int | None = None,
+    pool: ConnectionPool[Any] | None = None,
+    pool_wait: int | None = None,
     execution_id_attribute: str | None = None,
     max_value_chars: int | None = None,
     max_span_chars: int | None = None,
@@ -178,6 +199,11 @@ def configure(
         )
         _handle = handle
         return handle
+
+
+def current_handle() -> Handle | None:
+    """The handle ``configure()`` (or ``opentelemetry-instrument``) set up, if any."""
+    return _handle
 
 
 def _left(deadline: float) -> float:

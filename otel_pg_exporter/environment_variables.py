@@ -51,6 +51,14 @@ OTEL_EXPORTER_POSTGRES_POOL_MAX = "OTEL_EXPORTER_POSTGRES_POOL_MAX"
 Most database connections the exporter opens per process. Default: ``2``.
 """
 
+OTEL_EXPORTER_POSTGRES_POOL_WAIT_MS = "OTEL_EXPORTER_POSTGRES_POOL_WAIT_MS"
+"""
+.. envvar:: OTEL_EXPORTER_POSTGRES_POOL_WAIT_MS
+
+With a shared pool (``pool=``), milliseconds a batch waits for one of its connections; past
+it the batch is spooled, so the application's own requests keep priority. Default: ``100``.
+"""
+
 OTEL_EXPORTER_POSTGRES_EXECUTION_ID_ATTRIBUTE = "OTEL_EXPORTER_POSTGRES_EXECUTION_ID_ATTRIBUTE"
 """
 .. envvar:: OTEL_EXPORTER_POSTGRES_EXECUTION_ID_ATTRIBUTE

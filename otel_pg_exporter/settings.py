@@ -34,6 +34,7 @@ _D = TypeVar("_D")
 
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_POOL_MAX = 2
+DEFAULT_POOL_WAIT_MS = 100
 DEFAULT_EXECUTION_ID_ATTRIBUTE = "execution.id"
 DEFAULT_MAX_VALUE_CHARS = 65_536
 DEFAULT_MAX_SPAN_CHARS = 1_048_576
@@ -243,6 +244,20 @@ def _sampler(value: object) -> Any:
     return value
 
 
+def _connection_pool(value: object) -> Any:
+    from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+    if isinstance(value, AsyncConnectionPool):
+        raise ValueError(
+            "an AsyncConnectionPool cannot be used from the exporter's threads; pass a "
+            "psycopg_pool.ConnectionPool (the application's sync pool, or a small one of its "
+            "own), or leave pool unset and let the exporter open its own (pool_max)"
+        )
+    if not isinstance(value, ConnectionPool):
+        raise ValueError(f"must be a psycopg_pool.ConnectionPool, got {type(value).__name__}")
+    return value
+
+
 # --- the declarations ---------------------------------------------------------------------
 
 _NO_NAMES: tuple[str, ...] = ()
@@ -338,6 +353,21 @@ SETTINGS: dict[str, Setting[Any]] = {
             DEFAULT_POOL_MAX,
             "most database connections the exporter opens per process",
             _positive_int,
+        ),
+        Setting(
+            "pool",
+            (),
+            None,
+            "the application's psycopg_pool.ConnectionPool, shared: one connection per batch "
+            "at most, borrowed for one short transaction, the pool never closed",
+            accept=_connection_pool,
+        ),
+        Setting(
+            "pool_wait",
+            (ev.OTEL_EXPORTER_POSTGRES_POOL_WAIT_MS,),
+            DEFAULT_POOL_WAIT_MS,
+            "milliseconds a batch waits for a connection of a shared pool, then it is spooled",
+            _at_least(0),
         ),
         Setting(
             "execution_id_attribute",
@@ -557,6 +587,7 @@ class ExporterSettings:
     spool_dir: str | None = None
     spool_max_mb: int = DEFAULT_SPOOL_MAX_MB
     retention_days: int = DEFAULT_RETENTION_DAYS
+    pool_wait: int = DEFAULT_POOL_WAIT_MS
 
     @property
     def timeout_s(self) -> float:
@@ -570,7 +601,7 @@ class ExporterSettings:
             f"execution_id_attribute={self.execution_id_attribute!r}, "
             f"max_value_chars={self.max_value_chars}, max_span_chars={self.max_span_chars}, "
             f"spool_dir={self.spool_dir!r}, spool_max_mb={self.spool_max_mb}, "
-            f"retention_days={self.retention_days})"
+            f"retention_days={self.retention_days}, pool_wait={self.pool_wait})"
         )
 
     @classmethod

@@ -17,9 +17,11 @@ from types import TracebackType
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to ``target_host``:``target_port`` in a background thread."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, port: int = 0) -> None:
+        """``port`` 0 listens on a free port; another (e.g. one a client already failed to
+        reach) brings a "down" address up."""
         self._target = (target_host, target_port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server(("127.0.0.1", port))
         self._listener.setblocking(False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._listener, selectors.EVENT_READ, None)

@@ -109,7 +109,9 @@ def test_shutdown_honours_its_timeout_when_the_database_goes_silent(
     took = time.monotonic() - started
     proxy.resume()
 
-    assert 1 == len(given)
+    # The first call passes what is left; opentelemetry-sdk < 1.34 calls it once more from its
+    # own shutdown (no timeout there), which finds the exporter already shut down.
+    assert 1 == len(given) or given[1:] == [None]
     assert given[0] is not None and given[0] <= 500
     # Generous: what matters is that it is not the 3 s the exporter waits by itself.
     assert took < 2.5, f"shutdown(timeout=0.5) took {took:.2f} s"

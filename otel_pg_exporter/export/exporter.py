@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -9,12 +11,14 @@ import os
 import random
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import psycopg
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool
 
 from otel_pg_exporter import settings
 from otel_pg_exporter._dsn import redact_dsn
@@ -46,13 +50,23 @@ _ADVICE = {
     "or check OTEL_EXPORTER_POSTGRES_SCHEMA / _TABLE and the user's privileges",
     "ConfigurationProblem": "fix OTEL_EXPORTER_POSTGRES_DSN (or DATABASE_URL)",
     "RowRejected": "the rest of the batch was stored; please report the cause",
+    "PoolBusy": "the application's pool had no free connection within "
+    "OTEL_EXPORTER_POSTGRES_POOL_WAIT_MS; the spans are spooled and replayed later",
     "SenderBusy": "PostgreSQL has not finished the earlier batches; "
     "they are stored or spooled once it answers or OTEL_EXPORTER_POSTGRES_TIMEOUT passes",
+    "FlushBudgetPassed": "they were not stored within the flush_after() budget; "
+    "the replay stores them once the database answers",
 }
 
 
 class SenderBusy(WriteError):
     """The sender is still waiting on PostgreSQL for earlier batches."""
+
+    transient = False
+
+
+class FlushBudgetPassed(WriteError):
+    """A flush budget (``flush_after``) passed before the batch was stored."""
 
     transient = False
 
@@ -150,6 +164,8 @@ class PostgresSpanExporter(SpanExporter):
         schema: str | None = None,
         timeout: float | None = None,
         pool_max: int | None = None,
+        pool: ConnectionPool[Any] | None = None,
+        pool_wait: int | None = None,
         execution_id_attribute: str | None = None,
         max_value_chars: int | None = None,
         max_span_chars: int | None = None,
@@ -170,6 +186,7 @@ class PostgresSpanExporter(SpanExporter):
             table=table,
             timeout=timeout,
             pool_max=pool_max,
+            pool_wait=pool_wait,
             execution_id_attribute=execution_id_attribute,
             max_value_chars=max_value_chars,
             max_span_chars=max_span_chars,
@@ -177,6 +194,11 @@ class PostgresSpanExporter(SpanExporter):
             spool_max_mb=spool_max_mb,
             retention_days=retention_days,
         )
+        # The application's pool, shared (never closed here); its conninfo names the target
+        # (spool folder, retention) when no DSN is given.
+        self.pool: ConnectionPool[Any] | None = settings.resolve("pool", pool, env)
+        if self.pool is not None and not self.settings.dsn:
+            self.settings = dataclasses.replace(self.settings, dsn=self.pool.conninfo)
         self.scrubber = resolve_scrubber(scrub, scrub_patterns, scrub_allow, env)
         self._mapper = SpanMapper(
             late_attributes=LATE_ATTRIBUTES,
@@ -185,15 +207,18 @@ class PostgresSpanExporter(SpanExporter):
             max_value_chars=self.settings.max_value_chars,
             max_span_chars=self.settings.max_span_chars,
         )
+        self._metrics = ExporterMetrics()
         self._writer = SpanWriter(
             dsn=self.settings.dsn,
             table=self.settings.table,
             schema=self.settings.schema,
             pool_max=self.settings.pool_max,
             timeout_s=self.settings.timeout_s,
+            pool=self.pool,
+            pool_wait_s=self.settings.pool_wait / 1000,
+            on_wait=self._metrics.connection_waited,
         )
         self._warnings = _RateLimitedWarnings()
-        self._metrics = ExporterMetrics()
         self._shutdown = False
         self._stopping = threading.Event()
         self._spool_lock = threading.Lock()
@@ -205,6 +230,9 @@ class PostgresSpanExporter(SpanExporter):
         self._spooled_since_success = False
         self._sender = Sender(self._deliver)
         self._pipelined = False
+        # A deadline for the hand-off on this thread (set by export_by), so that a flush
+        # with a budget never waits HANDOFF_WAIT_S for a busy sender.
+        self._local = threading.local()
         self._retention: RetentionJob | None = None
         self._retention_started = False
         if not self.enabled:
@@ -254,6 +282,11 @@ class PostgresSpanExporter(SpanExporter):
             counters[old] = counters.get(new, 0)
         if self._pipelined:
             counters["sender_rows_in_hand"] = self._sender.rows_in_hand
+        for key in ("connection_waits", "connection_wait_total_us", "connection_wait_max_us"):
+            counters.setdefault(key, 0)
+        # Batches not stored because every connection of a shared pool stayed busy for
+        # pool_wait (spooled, or dropped when there is no spool).
+        counters["batches_no_connection"] = counters.get("export_failures_PoolBusy", 0)
         retention = self._retention
         if retention is not None:
             counters["retention_runs"] = retention.runs
@@ -321,15 +354,20 @@ class PostgresSpanExporter(SpanExporter):
             self._start_retention_lazily()
         if not rows:
             return SpanExportResult.FAILURE
+        limit: float | None = getattr(self._local, "deadline", None)
         if self._pipelined:
-            handed_over = self._sender.submit(rows, HANDOFF_WAIT_S)
+            wait_s = HANDOFF_WAIT_S
+            if limit is not None:
+                wait_s = max(0.0, min(wait_s, limit - time.monotonic()))
+            handed_over = self._sender.submit(rows, wait_s)
             if not handed_over:
-                busy = SenderBusy(f"no answer from PostgreSQL for over {HANDOFF_WAIT_S:g} s")
+                busy = SenderBusy(f"no answer from PostgreSQL for over {wait_s:g} s")
                 self._not_stored(rows, busy)
             stored = handed_over
         else:  # a batch not stored within the budget is spooled; the replay takes its time
             budget = min(self.settings.timeout_s, DIRECT_WRITE_BUDGET_S)
-            stored = self._write(rows, started + budget)
+            deadline = started + budget if limit is None else min(started + budget, limit)
+            stored = self._write(rows, deadline)
         if stored and not unmappable:
             return SpanExportResult.SUCCESS
         return SpanExportResult.FAILURE
@@ -372,7 +410,10 @@ class PostgresSpanExporter(SpanExporter):
                 if retry and not self._stopping.wait(delay):
                     attempt += 1
                     continue
-                if not (taken_back_on_shutdown and self._stopping.is_set()):
+                taken_back = taken_back_on_shutdown and (
+                    self._stopping.is_set() or self._sender.taken_back(rows)
+                )
+                if not taken_back:
                     self._not_stored(rows, exc)
                 return False
         self._metrics.exported(outcome.inserted, outcome.duplicates)
@@ -551,6 +592,33 @@ class PostgresSpanExporter(SpanExporter):
             with untraced():
                 self._store_late_attributes(deadline)
         return stored
+
+    @contextlib.contextmanager
+    def export_by(self, deadline: float) -> Iterator[None]:
+        """Within this block, ``export()`` on this thread hands a batch over to the sender
+        only until ``deadline`` (monotonic), after which the batch is spooled at once; without
+        the sender thread, its own write gets until ``deadline`` (a write blocked on a silent
+        network is cut by the watchdog up to ``WATCHDOG_GRACE_S`` later)."""
+        previous = getattr(self._local, "deadline", None)
+        self._local.deadline = deadline
+        try:
+            yield
+        finally:
+            self._local.deadline = previous
+
+    def spool_in_hand(self) -> int:
+        """Spool now, without waiting, every batch handed over and not yet stored; the
+        number of spans spooled (or counted dropped when there is no spool).
+
+        For a process that may be frozen or end at once (``flush_after``): what the sender
+        still holds would be lost with it. The batch being written stays with the sender and
+        may still commit: storing it twice is harmless, inserts are idempotent."""
+        if not self.enabled or not self._pipelined:
+            return 0
+        taken = self._sender.take_in_hand()
+        for rows in taken:
+            self._not_stored(rows, FlushBudgetPassed("not stored within the flush budget"))
+        return sum(len(rows) for rows in taken)
 
     def shutdown(self, timeout_millis: float | None = None) -> None:
         """Store what the sender holds within ``timeout_millis`` (at most

@@ -45,6 +45,11 @@ class ExporterMetrics:
         self._latency = meter.create_histogram(
             "otel_pg_exporter.export.duration", unit="s", description="Time of one export call"
         )
+        self._connection_wait = meter.create_histogram(
+            "otel_pg_exporter.connection.wait",
+            unit="s",
+            description="Time spent waiting for a database connection, per batch",
+        )
 
     def exported(self, spans: int, duplicates: int = 0) -> None:
         self._add("spans_exported", spans)
@@ -80,6 +85,16 @@ class ExporterMetrics:
             self._counts["export_time_total_us"] += round(seconds * 1e6)
             self._counts["export_time_max_us"] = max(
                 self._counts["export_time_max_us"], round(seconds * 1e6)
+            )
+
+    def connection_waited(self, seconds: float) -> None:
+        """One wait for a connection (own pool or shared), in ``connection_wait_*_us``."""
+        self._connection_wait.record(seconds)
+        with self._lock:
+            self._counts["connection_waits"] += 1
+            self._counts["connection_wait_total_us"] += round(seconds * 1e6)
+            self._counts["connection_wait_max_us"] = max(
+                self._counts["connection_wait_max_us"], round(seconds * 1e6)
             )
 
     def _add(self, name: str, value: int) -> None:

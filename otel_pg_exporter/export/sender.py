@@ -52,6 +52,9 @@ class Sender:
         self._pending: deque[list[Row]] = deque()
         self._pending_rows = 0
         self._inflight: list[Row] | None = None
+        # The batch being written when it was taken back (take_in_hand, stop): its fate is
+        # the taker's, so a failure to store it is not spooled a second time.
+        self._taken: list[Row] | None = None
         self._finished = 0  # deliveries done, success or not
         self._refused_at: int | None = None  # value of _finished when a hand-off gave up
         self._all_stored = True  # since the last flush()
@@ -110,6 +113,31 @@ class Sender:
             stored, self._all_stored = self._all_stored, True
             return stored
 
+    def take_in_hand(self) -> list[list[Row]]:
+        """Take back, without waiting, every batch not yet stored, for the caller to spool.
+
+        Waiting batches leave the sender; the batch being written stays (it may still commit,
+        and inserts are idempotent) but is returned too, once: a later failure to store it is
+        the caller's, so the exporter does not spool it again. The next ``flush()`` says
+        False."""
+        with self._cond:
+            left = list(self._pending)
+            self._pending.clear()
+            self._pending_rows = 0
+            inflight = self._inflight
+            if inflight is not None and inflight is not self._taken:
+                left.insert(0, inflight)
+                self._taken = inflight
+            if left:
+                self._all_stored = False
+            self._cond.notify_all()
+            return left
+
+    def taken_back(self, rows: list[Row]) -> bool:
+        """Whether ``rows``, being written, were taken back by ``take_in_hand`` or ``stop``."""
+        with self._cond:
+            return rows is self._taken
+
     def stop(self, timeout_s: float) -> list[list[Row]]:
         """Deliver what is pending within ``timeout_s`` and stop; what could not be delivered
         in time (including the batch still being written) is returned for the caller to
@@ -124,8 +152,9 @@ class Sender:
             left = list(self._pending)
             self._pending.clear()
             self._pending_rows = 0
-            if self._inflight is not None:
+            if self._inflight is not None and self._inflight is not self._taken:
                 left.insert(0, self._inflight)
+                self._taken = self._inflight
             return left
 
     def _run(self) -> None:
@@ -150,6 +179,8 @@ class Sender:
             with cond:
                 if self._inflight is rows:
                     self._inflight = None
+                if self._taken is rows:
+                    self._taken = None
                 self._finished += 1
                 if not stored:
                     self._all_stored = False

@@ -14,7 +14,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +65,13 @@ class SchemaProblem(WriteError):
 
 class ConfigurationProblem(WriteError):
     """The connection string cannot be used; retrying will not help."""
+
+    transient = False
+
+
+class PoolBusy(WriteError):
+    """Every connection of the shared pool stayed busy for the wait allowed (``pool_wait``):
+    the application's requests keep priority and the batch is spooled."""
 
     transient = False
 
@@ -156,6 +163,10 @@ def _connection_class(health: _Health) -> type[psycopg.Connection[Any]]:
                 except BaseException as exc:
                     health.connect_failed(exc)
                     raise
+            # opentelemetry-instrumentation-psycopg swaps in a tracing cursor factory on
+            # connect; before 0.55b0 it ignores untraced(), so the exporter's own statements
+            # would become spans. Its cursors are psycopg's plain ones, on every version.
+            conn.cursor_factory = psycopg.Cursor
             health.connect_succeeded()
             return conn
 
@@ -255,7 +266,14 @@ _TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (
 
 
 class SpanWriter:
-    """Writes rows to ``[schema.]table`` through a small lazily opened connection pool."""
+    """Writes rows to ``[schema.]table`` through a small lazily opened connection pool, or
+    through the application's pool (``pool``) when given.
+
+    A shared pool is borrowed from, one connection at a time for one transaction, waiting
+    ``pool_wait_s`` at most; the connection is given back as found: the staging table is
+    created in the transaction and dropped at its end, settings are ``SET LOCAL``-style, no
+    statement is prepared, autocommit is untouched, and the pool is never closed.
+    """
 
     def __init__(
         self,
@@ -265,8 +283,15 @@ class SpanWriter:
         schema: str | None = None,
         pool_max: int = 2,
         timeout_s: float = 10.0,
+        pool: ConnectionPool[Any] | None = None,
+        pool_wait_s: float = 0.1,
+        on_wait: Callable[[float], None] | None = None,
     ) -> None:
         self._dsn = dsn
+        self._shared = pool
+        self._pool_wait_s = pool_wait_s
+        # Told the seconds each wait for a connection took (the exporter's counters).
+        self._on_wait = on_wait
         self._timeout_s = timeout_s
         self._pool_max = pool_max
         self._target = sql.Identifier(schema, table) if schema else sql.Identifier(table)
@@ -279,6 +304,16 @@ class SpanWriter:
         self._types = [pg_type for _, pg_type in STAGE_COLUMNS]
         self._create_stage_sql = sql.SQL(
             "CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ({columns}) ON COMMIT DELETE ROWS"
+        ).format(
+            stage=sql.Identifier(STAGE_TABLE),
+            columns=sql.SQL(", ").join(
+                sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(pg_type))
+                for name, pg_type in STAGE_COLUMNS
+            ),
+        )
+        # With a shared pool: a staging table that lives for one transaction only.
+        self._create_stage_once_sql = sql.SQL(
+            "CREATE TEMPORARY TABLE {stage} ({columns}) ON COMMIT DROP"
         ).format(
             stage=sql.Identifier(STAGE_TABLE),
             columns=sql.SQL(", ").join(
@@ -305,6 +340,15 @@ class SpanWriter:
 
     def __repr__(self) -> str:
         return f"SpanWriter(dsn={redact_dsn(self._dsn)!r}, target={self._target.as_string()!r})"
+
+    @property
+    def shared(self) -> bool:
+        """Whether the writer borrows the application's pool."""
+        return self._shared is not None
+
+    def _waited(self, seconds: float) -> None:
+        if self._on_wait is not None:
+            self._on_wait(seconds)
 
     @property
     def database_down_cause(self) -> str | None:
@@ -344,7 +388,11 @@ class SpanWriter:
                 with conn.transaction(), conn.cursor() as cur:
                     found = []
                     for trace_id, span_id, document in items:
-                        cur.execute(self._add_metadata_sql, (document, trace_id, span_id))
+                        cur.execute(
+                            self._add_metadata_sql,
+                            (document, trace_id, span_id),
+                            prepare=False if self._shared is not None else None,
+                        )
                         found.append(cur.rowcount > 0)
             except psycopg.Error as exc:
                 raise DatabaseUnavailable(describe(exc)) from exc
@@ -355,6 +403,9 @@ class SpanWriter:
     def _write_batch(self, rows: Sequence[Row], deadline: float) -> WriteOutcome:
         conn = self._getconn(deadline)
         self._watchdog.watch(conn, deadline)
+        shared = self._shared is not None
+        # On the application's connection nothing is prepared: no statement is left behind.
+        prepare = False if shared else None
         try:
             with conn.transaction(), conn.cursor() as cur:
                 remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
@@ -366,13 +417,16 @@ class SpanWriter:
                     "SELECT set_config('statement_timeout', %s, true),"
                     " set_config('lock_timeout', %s, true)",
                     (str(remaining_ms), str(lock_ms)),
+                    prepare=prepare,
                 )
+                if shared:
+                    cur.execute(self._create_stage_once_sql, prepare=False)
                 with cur.copy(self._copy_sql) as copy:
                     copy.set_types(self._types)
                     write_row = copy.write_row
                     for row in rows:
                         write_row(row)
-                cur.execute(self._insert_sql)
+                cur.execute(self._insert_sql, prepare=prepare)
                 inserted = max(cur.rowcount, 0)
         except _ROW_ERRORS as exc:
             raise RowRejected(describe(exc)) from exc
@@ -404,6 +458,33 @@ class SpanWriter:
         cause = self._health.down_cause(start)
         if cause is not None:
             raise self._health.kind(cause)
+        if self._shared is not None:
+            return self._getconn_shared(self._shared, deadline, start)
+        try:
+            return self._getconn_own(deadline, start)
+        finally:
+            self._waited(time.monotonic() - start)
+
+    def _getconn_shared(
+        self, pool: ConnectionPool[Any], deadline: float, start: float
+    ) -> psycopg.Connection[Any]:
+        """One connection of the application's pool, waiting ``pool_wait_s`` at most."""
+        if self._closed:
+            raise WriteError("exporter is shut down")
+        wait_s = max(0.0, min(self._pool_wait_s, deadline - start))
+        try:
+            conn: psycopg.Connection[Any] = pool.getconn(timeout=wait_s)
+            return conn
+        except PoolTimeout:
+            raise PoolBusy(
+                f"no free connection in the shared pool within {wait_s * 1000:g} ms"
+            ) from None
+        except psycopg.Error as exc:
+            raise DatabaseUnavailable(describe(exc)) from exc
+        finally:
+            self._waited(time.monotonic() - start)
+
+    def _getconn_own(self, deadline: float, start: float) -> psycopg.Connection[Any]:
         pool = self._open_pool_lazily()
         while True:
             remaining = deadline - time.monotonic()
@@ -425,6 +506,9 @@ class SpanWriter:
                 raise DatabaseUnavailable(describe(exc)) from exc
 
     def _putconn(self, conn: psycopg.Connection[Any]) -> None:
+        if self._shared is not None:
+            self._shared.putconn(conn)  # the application's: back to its pool, always
+            return
         pool = self._pool
         if pool is None:  # closed meanwhile (shutdown, or a fork dropped it)
             conn.close()
@@ -484,7 +568,7 @@ class SpanWriter:
             conn.execute(self._create_stage_sql)
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Close the pool; idempotent. Later writes raise WriteError."""
+        """Close the pool (never a shared one); idempotent. Later writes raise WriteError."""
         with self._lock:
             self._closed = True
             pool, self._pool = self._pool, None
