@@ -12,7 +12,7 @@ VENV_STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := test
-.PHONY: test demo bench bench-scale reliability venv lint typecheck format clean
+.PHONY: test test-compat demo bench bench-scale reliability venv lint typecheck format clean
 
 venv: $(VENV_STAMP)
 
@@ -45,6 +45,20 @@ test: lint typecheck
 	$(VENV_BIN)/pytest
 	TEST_TABLE_LAYOUT=partitioned $(VENV_BIN)/pytest $(PARTITIONED_TESTS)
 
+# Every declared version range, tested at both ends (tests/compat/run.sh): the lowest version of
+# each direct dependency pyproject.toml allows on Python 3.10 (.venv-compat-low, and
+# .venv-compat-low-sentry for the sentry extra's higher floors), the newest on Python 3.13
+# (.venv-compat-high). Interpreters come from pyenv or PATH; a missing one is skipped with a
+# message. The subset covers mapping, exporter, processor, configure, sender, deadlines, the
+# instrument CLI and Sentry; about five minutes in all.
+COMPAT_TESTS := tests/test_mapping.py tests/test_exporter.py tests/test_processor.py \
+	tests/test_configure.py tests/test_sender.py tests/test_deadlines.py \
+	tests/test_instrument_cli.py
+COMPAT_SENTRY_TESTS := tests/test_sentry.py
+
+test-compat:
+	COMPAT_TESTS="$(COMPAT_TESTS)" COMPAT_SENTRY_TESTS="$(COMPAT_SENTRY_TESTS)" tests/compat/run.sh
+
 # A throwaway PostgreSQL (or DATABASE_URL), two instrumented services, real requests, and
 # what landed in trace_spans.
 demo: $(VENV_STAMP)
@@ -68,5 +82,5 @@ reliability: $(VENV_STAMP)
 	$(VENV_BIN)/python benchmarks/reliability.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist
+	rm -rf $(VENV) .venv-compat-* .mypy_cache .ruff_cache .pytest_cache build dist
 	find . -path ./.git -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

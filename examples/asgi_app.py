@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from opentelemetry.util.http import parse_excluded_urls
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -126,6 +127,7 @@ starlette_app = Starlette(
     ],
     exception_handlers={Exception: on_error},
 )
+# A parsed list: older opentelemetry-instrumentation-asgi releases (0.48b0) take no string.
 app = OpenTelemetryMiddleware(
-    starlette_app, default_span_details=span_details, excluded_urls="health"
+    starlette_app, default_span_details=span_details, excluded_urls=parse_excluded_urls("health")
 )

