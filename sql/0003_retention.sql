@@ -38,13 +38,12 @@ COMMENT ON FUNCTION {maint_cleanup_batch}(regclass, timestamptz, integer) IS
     'otel_pg_exporter retention: delete at most batch_rows spans created before cutoff, oldest first, through the created_at index; returns the rows deleted. Call it in a loop, one transaction per call (otel_pg_cleanup does).';
 
 CREATE OR REPLACE FUNCTION {maint_drop_partitions}(tbl regclass, cutoff timestamptz)
-RETURNS SETOF text
+RETURNS TABLE (dropped text, rows bigint)
 LANGUAGE plpgsql VOLATILE
 AS $body$
 DECLARE
     part record;
     upper_bound timestamptz;
-    name text;
 BEGIN
     FOR part IN
         SELECT c.oid::regclass AS rel, pg_get_expr(c.relpartbound, c.oid) AS bound
@@ -55,17 +54,18 @@ BEGIN
         CONTINUE WHEN part.bound = 'DEFAULT';
         upper_bound := substring(part.bound FROM 'TO \(''([^'']+)''\)')::timestamptz;
         IF upper_bound IS NOT NULL AND upper_bound <= cutoff THEN
-            name := part.rel::text;  -- before the drop: afterwards only its number is left
+            dropped := part.rel::text;  -- before the drop: afterwards only its number is left
+            EXECUTE format('SELECT count(*) FROM %s', part.rel) INTO rows;
             EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', tbl, part.rel);
             EXECUTE format('DROP TABLE %s', part.rel);
-            RETURN NEXT name;
+            RETURN NEXT;
         END IF;
     END LOOP;
 END
 $body$;
 
 COMMENT ON FUNCTION {maint_drop_partitions}(regclass, timestamptz) IS
-    'otel_pg_exporter retention for a table partitioned by started_at: detach and drop every partition whose upper bound is at or before cutoff (the default partition is kept); returns the partitions dropped. Set a lock_timeout before calling it.';
+    'otel_pg_exporter retention for a table partitioned by started_at: detach and drop every partition whose upper bound is at or before cutoff (the default partition is kept); returns each partition dropped with its row count. Set a lock_timeout before calling it.';
 
 CREATE OR REPLACE PROCEDURE {maint_cleanup}(
     tbl regclass,
@@ -85,10 +85,20 @@ DECLARE
     waits integer := 0;
 BEGIN
     IF (SELECT c.relkind FROM pg_class c WHERE c.oid = tbl) = 'p' THEN
-        PERFORM set_config('lock_timeout', '100ms', true);
-        EXECUTE format('SELECT count(*) FROM %I.otel_pg_drop_partitions($1, $2)', home)
-            INTO dropped USING tbl, cutoff;
+        -- By whole days: old spans in the default partition go to their day partitions
+        -- first (otel_pg_maintain), then every day past the cutoff is dropped. No row-by-row
+        -- DELETE on this layout: a day's spans stay until the whole day is past the cutoff.
+        PERFORM set_config('lock_timeout', '2s', true);
+        EXECUTE format('SELECT count(*) FROM %I.otel_pg_maintain($1)', home) USING tbl;
         COMMIT;
+        PERFORM set_config('lock_timeout', '100ms', true);
+        EXECUTE format('SELECT count(*), coalesce(sum(rows), 0)'
+                       ' FROM %I.otel_pg_drop_partitions($1, $2)', home)
+            INTO dropped, total USING tbl, cutoff;
+        COMMIT;
+        RAISE NOTICE 'otel_pg_cleanup(%): % partitions dropped (% rows), cutoff %',
+            tbl, dropped, total, cutoff;
+        RETURN;
     END IF;
     LOOP
         BEGIN
@@ -112,4 +122,4 @@ END
 $body$;
 
 COMMENT ON PROCEDURE {maint_cleanup}(regclass, interval, integer, integer) IS
-    'otel_pg_exporter retention for schedulers (pg_cron): drop day partitions older than older_than, then delete older rows in batches of batch_rows, each its own transaction with a 100 ms lock_timeout, pausing pause_ms between batches. Example: CALL otel_pg_cleanup(''trace_spans'', interval ''30 days'');';
+    'otel_pg_exporter retention for schedulers (pg_cron): on a partitioned table, drop the day partitions past older_than (after moving old spans out of the default partition); on a plain one, delete older rows in batches of batch_rows, each its own transaction with a 100 ms lock_timeout, pausing pause_ms between batches. Example: CALL otel_pg_cleanup(''trace_spans'', interval ''30 days'');';
