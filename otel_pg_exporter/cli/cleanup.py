@@ -4,25 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from datetime import timedelta
 from typing import TextIO
 
 from otel_pg_exporter.cli.common import EXIT_OK, Subcommands, settings_of, target_options
+from otel_pg_exporter.query.traces import parse_duration
 from otel_pg_exporter.schema import maintenance
-
-_AGE = re.compile(r"^\s*(\d+)\s*(d|h|m|w)\s*$", re.IGNORECASE)
-_UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1)}
-_UNITS["w"] = timedelta(weeks=1)
 
 
 def parse_age(text: str) -> timedelta:
-    """``30d``, ``12h``, ``90m``, ``2w``; ValueError otherwise."""
-    match = _AGE.match(text)
-    if not match or int(match[1]) == 0:
+    """``30d``, ``12h``, ``90m``, ``2w`` (the units of ``--since``); ValueError otherwise."""
+    age = parse_duration(text)
+    if age is None or age <= timedelta(0):
         raise ValueError(f"--older-than takes a positive age like 30d, 12h or 2w, not {text!r}")
-    return int(match[1]) * _UNITS[match[2].lower()]
+    return age
 
 
 def _run_cleanup(args: argparse.Namespace, out: TextIO) -> int:

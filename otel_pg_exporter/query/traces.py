@@ -57,6 +57,11 @@ class Target:
     schema: str | None = None
     table: str = DEFAULT_TABLE
 
+    def relation(self) -> sql.Identifier:
+        return (
+            sql.Identifier(self.schema, self.table) if self.schema else sql.Identifier(self.table)
+        )
+
     def function(self, base: str) -> sql.Identifier:
         name = function_name(self.table, base)
         return sql.Identifier(self.schema, name) if self.schema else sql.Identifier(name)
@@ -74,13 +79,21 @@ def trace_id_of(text: str) -> str:
     return folded
 
 
+def parse_duration(text: str) -> timedelta | None:
+    """``90s``, ``30m``, ``1h``, ``2d``, ``1w`` as a timedelta; None when the text is not one."""
+    match = _SINCE.match(text)
+    if match is None:
+        return None
+    return timedelta(seconds=float(match[1]) * _UNITS[match[2].lower()])
+
+
 def parse_since(text: str, now: datetime | None = None) -> datetime:
     """``30m``, ``1h``, ``2d``, ``1w`` (before now) or an ISO 8601 time (UTC when it names no
     zone); ValueError otherwise."""
     now = now or datetime.now(timezone.utc)
-    match = _SINCE.match(text)
-    if match:
-        return now - timedelta(seconds=float(match[1]) * _UNITS[match[2].lower()])
+    duration = parse_duration(text)
+    if duration is not None:
+        return now - duration
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -168,11 +181,7 @@ def trace_gaps(
 
 
 def _trace_exists(conn: psycopg.Connection[Any], target: Target, trace_id: str) -> bool:
-    table = (
-        sql.Identifier(target.schema, target.table)
-        if target.schema
-        else sql.Identifier(target.table)
-    )
+    table = target.relation()
     with untraced():
         try:
             row = conn.execute(
@@ -260,12 +269,6 @@ def span_id_of(text: str) -> str:
     return folded
 
 
-def _table(target: Target) -> sql.Identifier:
-    if target.schema:
-        return sql.Identifier(target.schema, target.table)
-    return sql.Identifier(target.table)
-
-
 def _read(
     conn: psycopg.Connection[Any], label: str, statement: sql.SQL | sql.Composed, params: Any
 ) -> list[dict[str, Any]]:
@@ -330,7 +333,7 @@ def search_traces(
         isinstance(execution_id, bool) or not isinstance(execution_id, int)
     ):
         raise ValueError(f"an execution id is an integer, not {execution_id!r}")
-    table = _table(target)
+    table = target.relation()
     conditions: list[sql.Composable] = [
         sql.SQL("s.started_at >= %(since)s"),
         sql.SQL("(%(service)s::text IS NULL OR s.service = %(service)s::text)"),
@@ -408,7 +411,7 @@ def get_span(
                metadata AS attributes, events, links, resource, scope, otel
           FROM {} WHERE trace_id = %s AND span_id = %s
         """
-    ).format(_table(target))
+    ).format(target.relation())
     rows = _read(conn, "get_span", statement, (trace_id, span_id))
     if not rows:
         raise NotFound(f"no span {span_id} in trace {trace_id} in {target.table!r}")
@@ -434,7 +437,7 @@ def describe_table(conn: psycopg.Connection[Any], target: Target) -> TableDoc:
               FROM pg_class c WHERE c.oid = to_regclass(%s)
             """
         ),
-        (_table(target).as_string(conn),),
+        (target.relation().as_string(conn),),
     )
     if not rows:
         raise NotFound(f"no table {target.table!r}: run `otel-pg migrate`")
@@ -451,7 +454,7 @@ def describe_table(conn: psycopg.Connection[Any], target: Target) -> TableDoc:
              ORDER BY a.attnum
             """
         ),
-        (_table(target).as_string(conn),),
+        (target.relation().as_string(conn),),
     )
     names = [function_name(target.table, base) for base in FUNCTIONS]
     functions = _read(
