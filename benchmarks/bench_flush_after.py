@@ -1,8 +1,8 @@
 """What ``flush_after(budget_ms=100)`` adds to a handler's return, database up, slow and down.
 
-    .venv/bin/python -m benchmarks.bench_flush_after [--calls 200] [--spans 5] [--budget-ms 100]
+    .venv/bin/python -m benchmarks.bench_flush_after [--calls 500] [--spans 5] [--budget-ms 100]
 
-Starts a throwaway PostgreSQL (or uses ``TEST_DATABASE_URL``, an admin DSN), migrates a fresh
+Starts a throwaway PostgreSQL with fsync on (or uses ``TEST_DATABASE_URL``, an admin DSN), migrates a fresh
 database and runs ``--calls`` handlers per scenario, each making ``--spans`` spans: "up"
 (direct), "slow" (through a TCP proxy that stops forwarding, a network that drops packets)
 and "down" (a closed port). The added time is the wrapped call minus the handler's own body.
@@ -50,12 +50,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def server() -> Iterator[PgServer]:
+def server(fsync: bool = True) -> Iterator[PgServer]:
     url = os.environ.get("TEST_DATABASE_URL", "").strip()
     if url:
         yield ExternalServer(url)
         return
-    cluster = DevCluster(fsync=False)
+    cluster = DevCluster(fsync=fsync)
     try:
         cluster.start()
         yield cluster
@@ -109,12 +109,15 @@ def measure(handle: Handle, calls: int, spans: int, budget_ms: float) -> dict[st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--spans", type=int, default=5)
     parser.add_argument("--budget-ms", type=float, default=100.0)
+    parser.add_argument(
+        "--no-fsync", action="store_true", help="the throwaway server without fsync (commits cheaper)"
+    )
     args = parser.parse_args()
     results: dict[str, Any] = {}
-    with server() as pg, tempfile.TemporaryDirectory() as spool_root:
+    with server(fsync=not args.no_fsync) as pg, tempfile.TemporaryDirectory() as spool_root:
         dsn = pg.create_database(f"bench_{uuid.uuid4().hex[:8]}")
         migrate(dsn)
         params = conninfo_to_dict(dsn)

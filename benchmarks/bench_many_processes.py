@@ -6,7 +6,8 @@ Starts a throwaway PostgreSQL with ``max_connections=20`` (3 of them reserved fo
 the "application" probing the server meanwhile), migrates a database, and starts
 ``--processes`` interpreters that each ``configure(pool_max=1)`` as a non-superuser role and
 make ``--spans`` spans over a few seconds. Meanwhile the parent runs ``SELECT 1`` as the
-superuser every 50 ms. Afterwards a fresh exporter replays whatever the processes left in
+superuser every 50 ms, twice: on a connection it holds (the application's pool) and on a new
+connection each time. Afterwards a fresh exporter replays whatever the processes left in
 the shared spool. Reports: application errors in the children, probe failures and latency,
 the children's counters (exported, spooled, dropped, connection waits) and whether every
 span is stored exactly once. Not part of the test suite (about a minute).
@@ -80,9 +81,11 @@ def main() -> None:  # noqa: PLR0915 - one linear scenario, read top to bottom
 
         probe_latency: list[float] = []
         probe_failures: list[str] = []
+        pooled_latency: list[float] = []
+        pooled_failures: list[str] = []
         stop = threading.Event()
 
-        def probe() -> None:  # the application's own queries, as a reserved-slot superuser
+        def probe() -> None:  # a new connection for each query, as a reserved-slot superuser
             while not stop.wait(0.05):
                 started = time.monotonic()
                 try:
@@ -92,6 +95,18 @@ def main() -> None:  # noqa: PLR0915 - one linear scenario, read top to bottom
                 except psycopg.Error as exc:
                     probe_failures.append(str(exc).splitlines()[0])
 
+        def pooled_probe() -> None:  # the application's own pool: connections it already holds
+            with psycopg.connect(admin, autocommit=True) as conn:
+                while not stop.wait(0.05):
+                    started = time.monotonic()
+                    try:
+                        conn.execute("SELECT 1")
+                        pooled_latency.append(time.monotonic() - started)
+                    except psycopg.Error as exc:
+                        pooled_failures.append(str(exc).splitlines()[0])
+
+        pooled = threading.Thread(target=pooled_probe)
+        pooled.start()
         prober = threading.Thread(target=probe)
         prober.start()
         started = time.monotonic()
@@ -110,6 +125,7 @@ def main() -> None:  # noqa: PLR0915 - one linear scenario, read top to bottom
         took = time.monotonic() - started
         stop.set()
         prober.join()
+        pooled.join()
 
         results: list[dict[str, Any]] = []
         crashed = 0
@@ -161,6 +177,12 @@ def main() -> None:  # noqa: PLR0915 - one linear scenario, read top to bottom
                 max((int(r.get("connection_wait_max_us", 0)) for r in results), default=0) / 1000
             ),
             "final_replay_idle": replayed_ok,
+            "pooled_queries": len(pooled_latency),
+            "pooled_failures": len(pooled_failures),
+            "pooled_first_failures": pooled_failures[:3],
+            "pooled_p99_ms": round(
+                sorted(pooled_latency or [0.0])[int(0.99 * (len(pooled_latency) - 1))] * 1000, 1
+            ),
             "probe_queries": len(probe_latency),
             "probe_failures": len(probe_failures),
             "probe_first_failures": probe_failures[:3],

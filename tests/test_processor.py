@@ -142,3 +142,47 @@ def test_an_inner_shutdown_without_a_timeout_takes_the_public_path() -> None:
 
     assert exporter.shutdowns[0] is not None and exporter.shutdowns[0] <= 2_000
     assert calls == len(exporter.shutdowns)
+
+
+class _MapBlockedExporter(PostgresSpanExporter):
+    """A real exporter whose export thread stops in its first mapping until released."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(dsn, enabled=True, spool_dir="")
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def _map(self, spans: Sequence[ReadableSpan]) -> list[Any]:
+        self.entered.set()
+        self.release.wait(10)
+        return super()._map(spans)
+
+
+def test_a_full_queue_drops_quietly_and_counts_exactly_while_the_export_thread_is_busy(
+    migrated_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the export thread held in one batch, every span past the queue's size is counted
+    once, the SDK logs no per-span "Queue full" line, and the exporter says the count once."""
+    exporter = _MapBlockedExporter(migrated_dsn)
+    processor = CountingBatchSpanProcessor(
+        exporter, max_queue_size=10, max_export_batch_size=10, schedule_delay_millis=60_000
+    )
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("test")
+    caplog.set_level(logging.WARNING)
+    for number in range(10):
+        tracer.start_span(f"first {number}").end()
+    assert exporter.entered.wait(10)
+    for number in range(90):  # 10 fill the queue again, 80 push older ones out
+        tracer.start_span(f"then {number}").end()
+    exporter.release.set()
+    assert processor.force_flush(10_000)
+
+    assert 80 == exporter.stats()["spans_dropped_queue_full"]
+    assert 20 == exporter.stats()["spans_exported"]
+    assert [] == [r.getMessage() for r in caplog.records if "Queue full" in r.getMessage()]
+    said = [r.getMessage() for r in caplog.records if r.name == "otel_pg_exporter"]
+    assert 1 == len(said)
+    assert said[0].startswith("Dropped 80 spans: the span queue was full")
+    provider.shutdown()

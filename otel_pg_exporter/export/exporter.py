@@ -112,7 +112,10 @@ DEPRECATED_STATS_KEYS = {
     "export_seconds_max_us": "export_time_max_us",
 }
 
-_YIELD_EVERY = 32
+# The export thread maps for this long, then hands the GIL back (see _map); the clock is
+# read every _CLOCK_EVERY spans.
+YIELD_AFTER_S = 0.002
+_CLOCK_EVERY = 16
 # With use_sender_thread(), the export thread hands each mapped batch to the sender; when
 # the sender has not made room for it within this time, the batch goes to the spool instead
 # (and the next ones at once, until the sender finishes its current batch). The SDK's queue
@@ -207,6 +210,7 @@ class PostgresSpanExporter(SpanExporter):
             max_value_chars=self.settings.max_value_chars,
             max_span_chars=self.settings.max_span_chars,
         )
+        self._to_row = self._mapper.to_row
         self._metrics = ExporterMetrics()
         self._writer = SpanWriter(
             dsn=self.settings.dsn,
@@ -346,6 +350,7 @@ class PostgresSpanExporter(SpanExporter):
                 self._metrics.export_took(time.monotonic() - started)
 
     def _export(self, spans: Sequence[ReadableSpan], started: float) -> SpanExportResult:
+        self._report_drops()
         rows = self._map(spans)
         unmappable = len(spans) - len(rows)
         self._metrics.dropped(unmappable, "rejected")
@@ -382,6 +387,18 @@ class PostgresSpanExporter(SpanExporter):
             except Exception as exc:  # the sender thread must keep going
                 self._dropped_unexpectedly(len(rows), exc)
                 return False
+
+    def _report_drops(self) -> None:
+        """Spans the processor dropped for a full queue since the last export: counted, and
+        said in one rate-limited warning (never one line per span)."""
+        full = self._metrics.collect_drops().get("queue_full")
+        if full:
+            self._warnings.warn(
+                "queue_full",
+                "Dropped %d spans: the span queue was full (the application makes spans faster "
+                "than they are exported); raise OTEL_BSP_MAX_QUEUE_SIZE for bursts",
+                full,
+            )
 
     def _dropped_unexpectedly(self, count: int, exc: Exception) -> None:
         self._warnings.warn("unexpected", "Dropped %d spans: unexpected %s", count, describe(exc))
@@ -559,14 +576,22 @@ class PostgresSpanExporter(SpanExporter):
         return spool_folder_key(self.settings.dsn, self.settings.schema, self.settings.table)
 
     def _map(self, spans: Sequence[ReadableSpan]) -> list[Row]:
-        to_row = self._mapper.to_row
+        to_row = self._to_row
         rows: list[Row] = []
+        append = rows.append
+        clock = time.perf_counter
         try:
-            for start in range(0, len(spans), _YIELD_EVERY):
-                rows.extend([to_row(span) for span in spans[start : start + _YIELD_EVERY]])
-                # Mapping a whole batch is milliseconds of Python holding the GIL; handing it
-                # back every few spans keeps the application's requests from queueing behind.
-                time.sleep(0)
+            # Mapping a batch is milliseconds of work holding the GIL. Handing it back costs
+            # the export thread up to the interpreter's switch interval (5 ms) before it runs
+            # again when the application is busy, so it is handed back by elapsed time, not
+            # every few spans: a slice of YIELD_AFTER_S, then the application's turn.
+            yield_at = clock() + YIELD_AFTER_S
+            for index in range(0, len(spans), _CLOCK_EVERY):
+                for span in spans[index : index + _CLOCK_EVERY]:
+                    append(to_row(span))
+                if clock() >= yield_at:
+                    time.sleep(0)
+                    yield_at = clock() + YIELD_AFTER_S
             return rows
         except Exception:  # noqa: S110 - one odd span must not cost its batch: redo one by one
             pass

@@ -4,8 +4,11 @@ application installs a MeterProvider."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 from opentelemetry import metrics
 
@@ -18,6 +21,8 @@ class ExporterMetrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
+        # Per-span drop counts bumped on application threads: [reason, counter, reads, seen].
+        self._drop_sources: list[list[Any]] = []
         meter = metrics.get_meter(METER_NAME)
         self._exported = meter.create_counter(
             "otel_pg_exporter.spans.exported", unit="{span}", description="Spans stored"
@@ -73,6 +78,33 @@ class ExporterMetrics:
             self._add(f"spans_dropped_{reason}", spans)
             self._dropped.add(spans, {"reason": reason})
 
+    def drop_counter(self, reason: str) -> Callable[[], object]:
+        """A per-span drop count for application threads, added to ``spans_dropped_<reason>``
+        by ``collect_drops()``: each call is one C-level ``next()`` on an ``itertools.count``,
+        atomic under the GIL and without a lock, so a span dropped costs tens of nanoseconds."""
+        counter = itertools.count()
+        with self._lock:
+            self._drop_sources.append([reason, counter, 0, 0])
+        return counter.__next__
+
+    def collect_drops(self) -> dict[str, int]:
+        """Move what the drop counters counted since the last call into the counters; the
+        new drops by reason."""
+        new: dict[str, int] = {}
+        with self._lock:
+            for source in self._drop_sources:
+                reason, counter, reads, seen = source
+                # Reading an itertools.count advances it: every read is subtracted again.
+                total = next(counter) - reads
+                source[2] = reads + 1
+                if total > seen:
+                    source[3] = total
+                    new[reason] = new.get(reason, 0) + total - seen
+                    self._counts[f"spans_dropped_{reason}"] += total - seen
+        for reason, spans in new.items():
+            self._dropped.add(spans, {"reason": reason})
+        return new
+
     def failed(self, cause: str) -> None:
         self._add("export_failures", 1)
         self._add(f"export_failures_{cause}", 1)
@@ -103,5 +135,7 @@ class ExporterMetrics:
                 self._counts[name] += value
 
     def snapshot(self) -> dict[str, int]:
+        if self._drop_sources:
+            self.collect_drops()
         with self._lock:
             return dict(self._counts)

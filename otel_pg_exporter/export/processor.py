@@ -10,6 +10,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.sdk.environment_variables import OTEL_BSP_MAX_QUEUE_SIZE
@@ -21,6 +22,7 @@ from otel_pg_exporter.settings import DEFAULT_MAX_QUEUE_SIZE
 logger = logging.getLogger("otel_pg_exporter")
 
 _warned_no_queue = False
+_getpid = os.getpid
 
 
 def find_span_queue(processor: object) -> deque[Any] | None:
@@ -59,8 +61,14 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
     the exporter's ``spans_dropped_queue_full``.
 
     The check is one ``len()`` on the application's thread, and only a full queue pays more.
-    It runs just before the span enters the queue, so when the export thread takes a batch at
-    that very moment a span is counted that was not lost: the count is an upper bound.
+    A span dropped costs well under a microsecond: on the SDKs whose inner processor this
+    class knows (opentelemetry-sdk 1.34 and later), the span is queued here exactly as the
+    SDK would (the oldest leaves the bounded deque), without the SDK's per-span "Queue full"
+    log record (about 4 µs each), and counted with one atomic ``next()``; the exporter then
+    says how many were dropped in one rate-limited warning. The count is taken just before
+    the span enters the queue, so when the export thread takes a batch at that very moment a
+    span is counted that was not lost: the count is an upper bound, exceeding the loss by at
+    most one batch.
     """
 
     def __init__(self, span_exporter: SpanExporter, **options: Any) -> None:
@@ -73,18 +81,33 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
             use_sender_thread()
         self._queue = find_span_queue(self)
         metrics = getattr(span_exporter, "metrics", None)
-        self._count_drop = getattr(metrics, "dropped", None)
+        drop_counter = getattr(metrics, "drop_counter", None)
+        self._count_drop: Callable[[], object] | None = (
+            drop_counter("queue_full") if callable(drop_counter) else None
+        )
+        self._inner = _known_inner_processor(self, self._queue)
 
     def on_end(self, span: ReadableSpan) -> None:
         queue = self._queue
-        if (
-            queue is not None
-            and self._count_drop is not None
-            and len(queue) == queue.maxlen
-            and span.context is not None
-            and span.context.trace_flags.sampled
-        ):
-            self._count_drop(1, "queue_full")
+        if queue is not None and len(queue) == queue.maxlen:
+            context = span.context
+            # SpanContext is a tuple; its flags (index 3) are an int: bit 0 is "sampled".
+            if context is None or not context[3] & 1:
+                return  # what the SDK's on_end does with an unsampled span
+            count_drop = self._count_drop
+            inner = self._inner
+            if inner is not None and not inner._shutdown and inner._pid == _getpid():
+                # The SDK's emit() without its per-span warning: the oldest span leaves the
+                # right of the bounded deque, and the export thread is woken.
+                queue.appendleft(span)
+                if count_drop is not None:
+                    count_drop()
+                awaken = inner._worker_awaken
+                if not awaken._flag:
+                    awaken.set()
+                return
+            if count_drop is not None:
+                count_drop()
         super().on_end(span)
 
     def force_flush(self, timeout_millis: int | None = None) -> bool:
@@ -158,6 +181,24 @@ def _shutdown_by_public_api(processor: BatchSpanProcessor, timeout_millis: int) 
             type(exporter).__name__,
             timeout_millis,
         )
+
+
+def _known_inner_processor(processor: object, queue: deque[Any] | None) -> Any:
+    """The SDK's inner ``BatchProcessor`` (opentelemetry-sdk 1.34 and later) when it has every
+    field ``on_end``'s drop path uses, else None (that path then calls the SDK's own)."""
+    inner = getattr(processor, "_batch_processor", None)
+    if inner is None or queue is None or getattr(inner, "_queue", None) is not queue:
+        return None
+    if not isinstance(getattr(inner, "_shutdown", None), bool):
+        return None
+    if not isinstance(getattr(inner, "_pid", None), int):
+        return None
+    awaken = getattr(inner, "_worker_awaken", None)
+    if not isinstance(awaken, threading.Event) or not isinstance(
+        getattr(awaken, "_flag", None), bool
+    ):
+        return None
+    return inner
 
 
 def _takes_timeout(method: Any) -> bool:

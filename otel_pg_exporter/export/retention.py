@@ -5,7 +5,8 @@ A daemon thread of the exporter, started at its first export when retention is o
 runs it, and never in its shutdown), then about once an hour takes a session advisory lock
 keyed on the table: whichever process gets it keeps the day partitions ahead (partitioned
 layout) and deletes in small batches with pauses (``schema.maintenance.cleanup``); the others
-skip this round. Never on the export path: its own connection, not the exporter's pool.
+skip this round. Never on the export path: one connection of its own for the round, not
+the exporter's pool.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import random
 import threading
 from datetime import timedelta
+from typing import Any
 
 import psycopg
 
@@ -101,9 +103,11 @@ class RetentionJob:
                 self.skipped += 1
                 return False
             try:
-                self._maintain_partitions()
+                # The whole round on this one connection: a process holds at most one
+                # connection beyond its pool, and only while it runs a round.
+                self._maintain_partitions(conn)
                 report = maintenance.cleanup(
-                    self._dsn,
+                    conn,
                     older_than=self._older_than,
                     schema=self._schema,
                     table=self._table,
@@ -121,10 +125,10 @@ class RetentionJob:
             logger.info("Retention of %s: %s", self._table, report.summary())
         return True
 
-    def _maintain_partitions(self) -> None:
+    def _maintain_partitions(self, conn: psycopg.Connection[Any]) -> None:
         """Keep day partitions ahead and the default partition empty (a no-op for the plain
         layout, and for a table pg_partman manages)."""
         try:
-            partitions.maintain(self._dsn, schema=self._schema, table=self._table)
+            partitions.maintain(conn, schema=self._schema, table=self._table)
         except OtelPgError as exc:
             logger.warning("Partition maintenance of %s failed: %s", self._table, exc)

@@ -78,7 +78,7 @@ def _table(conn: psycopg.Connection[Any], schema: str | None, table: str) -> tup
 
 
 def cleanup(
-    dsn: str,
+    dsn: str | psycopg.Connection[Any],
     *,
     older_than: timedelta,
     schema: str | None = None,
@@ -113,7 +113,7 @@ def cleanup(
         if partitioned:
             # By whole days: spans in the default partition go to their day partitions first,
             # then every day past the cutoff is dropped; no row-by-row DELETE on this layout.
-            partitions.maintain(dsn, schema=schema, table=table)
+            partitions.maintain(conn, schema=schema, table=table)
             _drop_partitions(conn, home, regclass, report)
         else:
             deadline = None if max_seconds is None else started + max_seconds

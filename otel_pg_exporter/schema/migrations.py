@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow
 
-from otel_pg_exporter._dsn import open_connection, scrub_message
+from otel_pg_exporter._dsn import open_connection, redact_dsn, scrub_message
 from otel_pg_exporter._untraced import untraced
 from otel_pg_exporter.errors import MigrationError
 from otel_pg_exporter.schema.table import (
@@ -227,8 +227,21 @@ def _target(schema: str | None, table: str) -> _Target:
 
 
 @contextmanager
-def connection(dsn: str) -> Iterator[psycopg.Connection[TupleRow]]:
-    """An autocommit connection; every failure becomes a MigrationError without a password."""
+def connection(
+    dsn: str | psycopg.Connection[TupleRow],
+) -> Iterator[psycopg.Connection[TupleRow]]:
+    """An autocommit connection; every failure becomes a MigrationError without a password.
+
+    Given an open autocommit connection instead of a DSN, that connection is used and left
+    open (the retention job runs a whole round on one connection)."""
+    if isinstance(dsn, psycopg.Connection):
+        with untraced():
+            try:
+                yield dsn
+            except psycopg.Error as exc:
+                message = redact_dsn(str(exc).strip())
+                raise MigrationError(f"{type(exc).__name__}: {message}") from None
+        return
     conn = open_connection(
         dsn,
         application_name=APPLICATION_NAME,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Any
 
 import psycopg
 from psycopg import errors, sql
@@ -77,7 +78,7 @@ def _days(parameter: str, value: int) -> int:
 
 
 def maintain(
-    dsn: str,
+    dsn: str | psycopg.Connection[Any],
     *,
     schema: str | None = None,
     table: str = DEFAULT_TABLE,
