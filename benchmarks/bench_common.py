@@ -29,6 +29,8 @@ RESULT_PREFIX = "BENCH-RESULT "
 BATCH_SIZE = 512
 SERVICE = "bench"
 SPANS_PER_TRACE = 5
+# Switches the exporter's compiled fast path off when "false" (parts 4 and 6 run both ways).
+FAST_PATH_ENV = "OTEL_EXPORTER_POSTGRES_FAST_PATH"
 
 # Variables that would steer a child away from what the benchmark sets up for it.
 _INHERITED_PREFIXES = ("OTEL_", "SENTRY_", "PG")

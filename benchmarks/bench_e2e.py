@@ -1,6 +1,7 @@
 """Part 4: the example ASGI app under uvicorn (one worker), tracing off, on with the database
-up, on with the database down, and traced by the bare SDK for reference; this process is the
-load generator.
+up (the exporter's compiled fast path on, and off through ``OTEL_EXPORTER_POSTGRES_FAST_PATH``
+=false), on with the database down, and traced by the bare SDK for reference; this process is
+the load generator.
 
 The servers run side by side and are loaded one at a time, in a rotating order, so that run i
 of each mode sees the same machine. The generator is asyncio with raw HTTP/1.1 on
@@ -25,12 +26,22 @@ from typing import IO, Any
 
 import psycopg
 
-from benchmarks.bench_common import ROOT, child_env, free_port, part_main, percentile
+from benchmarks.bench_common import (
+    FAST_PATH_ENV,
+    ROOT,
+    child_env,
+    free_port,
+    part_main,
+    percentile,
+)
 
 # off: ENABLE_DB_TRACING unset (configure() sets nothing up); sdk: the bare SDK with a
 # do-nothing exporter (what any tracing costs); up / down: configure() with the database up /
-# with the DSN on a closed port.
-MODES = ("off", "sdk", "up", "down")
+# with the DSN on a closed port; up_nofast: up with the compiled fast path switched off.
+MODES = ("off", "sdk", "up", "up_nofast", "down")
+# The execution examples/asgi_app.py fails on purpose (for the demo): the load skips it, else
+# the request that hits it gets a 500 and its connection is dropped, which ends the load.
+FAILING_EXECUTION = 404
 
 
 def _stat_cpu(stat: Path) -> float:
@@ -116,7 +127,8 @@ async def load(port: int, requests: int, concurrency: int, first: int) -> dict[s
             while next_number < end:
                 number = next_number
                 next_number += 1
-                request = b"GET /jobs/%d HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % number
+                execution = number + (number >= FAILING_EXECUTION)  # every one but 404
+                request = b"GET /jobs/%d HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % execution
                 started = time.perf_counter()
                 writer.write(request)
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -226,11 +238,12 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
             app = "benchmarks.bench_sdk_app:app"
         else:
             extra["EXAMPLE_CONFIGURE"] = "1"
-        if mode in ("up", "down"):
+        if mode in ("up", "up_nofast", "down"):
             extra["ENABLE_DB_TRACING"] = "true"
             extra["OTEL_EXPORTER_POSTGRES_DSN"] = (
-                config["dsn"] if mode == "up" else config["closed_dsn"]
+                config["closed_dsn"] if mode == "down" else config["dsn"]
             )
+            extra[FAST_PATH_ENV] = "false" if mode == "up_nofast" else "true"
         servers[mode] = Server(mode, app, child_env(**extra), tmp / f"uvicorn-{mode}.log")
     requests, concurrency = config["requests"], config["concurrency"]
     results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
@@ -274,6 +287,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         "runs": results,
         "spied": spied,
         "spans_stored_up": count_spans(config["dsn"], "bench-e2e-up"),
+        "spans_stored_up_nofast": count_spans(config["dsn"], "bench-e2e-up_nofast"),
         "requests_up": requests_up,
         "queue_full_warnings": {mode: text.count("Queue full") for mode, text in logs.items()},
         "exporter_warnings": {

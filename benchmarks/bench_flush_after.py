@@ -2,11 +2,11 @@
 
     .venv/bin/python -m benchmarks.bench_flush_after [--calls 500] [--spans 5] [--budget-ms 100]
 
-Starts a throwaway PostgreSQL with fsync on (or uses ``TEST_DATABASE_URL``, an admin DSN), migrates a fresh
-database and runs ``--calls`` handlers per scenario, each making ``--spans`` spans: "up"
-(direct), "slow" (through a TCP proxy that stops forwarding, a network that drops packets)
-and "down" (a closed port). The added time is the wrapped call minus the handler's own body.
-Prints p50/p90/p99/max in milliseconds and what became of the spans.
+Starts a throwaway PostgreSQL with fsync on (or uses ``TEST_DATABASE_URL``, an admin DSN),
+migrates a fresh database and runs ``--calls`` handlers per scenario, each making
+``--spans`` spans: "up" (direct), "slow" (through a TCP proxy that stops forwarding, a
+network that drops packets) and "down" (a closed port). The added time is the wrapped call
+minus the handler's own body. Prints p50/p90/p99/max in milliseconds and what became of the spans.
 """
 
 from __future__ import annotations
@@ -113,7 +113,9 @@ def main() -> None:
     parser.add_argument("--spans", type=int, default=5)
     parser.add_argument("--budget-ms", type=float, default=100.0)
     parser.add_argument(
-        "--no-fsync", action="store_true", help="the throwaway server without fsync (commits cheaper)"
+        "--no-fsync",
+        action="store_true",
+        help="the throwaway server without fsync (commits cheaper)",
     )
     args = parser.parse_args()
     results: dict[str, Any] = {}

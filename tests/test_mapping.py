@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from collections.abc import Callable, Collection, Mapping
+from datetime import datetime, timezone
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
@@ -34,7 +36,9 @@ from spans import (
     typed,
 )
 
-from otel_pg_exporter.export.mapping import SpanMapper
+from otel_pg_exporter.export import mapping
+from otel_pg_exporter.export.mapping import SpanMapper, iso_time
+from otel_pg_exporter.export.scrubbing import REDACTED, Scrubber
 from otel_pg_exporter.schema.table import STAGE_COLUMNS
 from otel_pg_exporter.settings import DEFAULT_MAX_SPAN_CHARS, DEFAULT_MAX_VALUE_CHARS
 
@@ -737,3 +741,280 @@ def test_execution_id_never_raises(value: Any) -> None:
 
     execution_id = row["execution_id"]
     assert execution_id is None or -(2**63) <= execution_id <= 2**63 - 1
+
+
+# --- the scrubbing gate ------------------------------------------------------------------------
+
+
+class CountingScrubber(Scrubber):
+    """The default scrubber, counting how often the slow path rewrites a span's attribute
+    dict (the resource's, scrubbed once per mapper, is not counted)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rewrites = 0
+
+    def scrub_mapping(self, mapping: Mapping[str, Any]) -> dict[str, Any]:
+        """Count, then scrub as usual."""
+        self.rewrites += "service.name" not in mapping
+        return super().scrub_mapping(mapping)
+
+
+class SlowPathScrubber(Scrubber):
+    """Sends every span down the slow path, as the gate did for any key holding ``key``."""
+
+    def keys_need_scrubbing(self, keys: Collection[str]) -> bool:
+        """Always suspect the keys."""
+        return True
+
+
+HARMLESS_KEY_ATTRIBUTES: dict[str, AttributeValue] = {
+    "cache.key": "user:1",
+    "messaging.kafka.message.key": "order-17",
+    "db.redis.key": "session-cache:42",
+    "idempotency_key": "4f0c2d7e-0017",
+    "gen_ai.usage.input_tokens": 120,
+    "keys": ("a", "b"),
+}
+
+
+def scrub_gate_spans() -> list[ReadableSpan]:
+    """Spans whose keys (of attributes, events and links) hold trigger words, not secrets."""
+
+    def add_event(span: Span) -> None:
+        span.add_event("cache.miss", {"cache.key": "user:1", "token_count": 3}, timestamp=T0_NS)
+
+    factory = SpanFactory()
+    return [
+        factory.span(attributes=HARMLESS_KEY_ATTRIBUTES),
+        factory.span("GET", attributes={"cache.key": "k", "http.method": "GET"}, build=add_event),
+        factory.span(links=[link_to(3, 4, {"messaging.kafka.message.key": "m-1"})]),
+    ]
+
+
+def test_harmless_key_spans_skip_the_slow_path_with_identical_rows() -> None:
+    """Spans whose keys merely contain ``key`` map to the rows the slow path gives them,
+    without the slow path rewriting anything."""
+    spans = scrub_gate_spans()
+    counting = CountingScrubber()
+
+    actual = [SpanMapper(scrubber=counting).to_row(span) for span in spans]
+
+    expected = [SpanMapper(scrubber=SlowPathScrubber()).to_row(span) for span in spans]
+    assert (expected, 0) == (actual, counting.rewrites)
+
+
+def test_secrets_under_harmless_keys_are_still_scrubbed() -> None:
+    """A secret under a ``*.key`` key is redacted by the value rules, and a key the key rule
+    names (``api.key``, ``private.key``) still hides its whole value."""
+    secret_attributes: dict[str, AttributeValue] = {
+        "cache.key": "Bearer abc.def",
+        "messaging.kafka.message.key": "postgres://app:hunter2@db/shop",
+        "db.redis.key": "login password=hunter2",
+        "idempotency_key": ("ok", "token: s3cr3t"),
+        "api.key": "k-123",
+        "private.key": "pem",
+    }
+
+    def add_event(span: Span) -> None:
+        span.add_event("retry", {"cache.key": "Bearer abc.def"}, timestamp=T0_NS)
+
+    span = SpanFactory().span(
+        attributes=secret_attributes,
+        links=[link_to(3, 4, {"cache.key": "password=hunter2"})],
+        build=add_event,
+    )
+
+    row = mapped(span, SpanMapper(scrubber=Scrubber()))
+
+    expected = {
+        "cache.key": f"Bearer {redacted('token')}",
+        "messaging.kafka.message.key": f"postgres://app:{redacted('url-password')}@db/shop",
+        "db.redis.key": f"login password={redacted('password')}",
+        "idempotency_key": ["ok", f"token: {redacted('token')}"],
+        "api.key": redacted("api-key"),
+        "private.key": redacted("private-key"),
+    }
+    assert (
+        expected,
+        {"cache.key": f"Bearer {redacted('token')}"},
+        {"cache.key": f"password={redacted('password')}"},
+    ) == (
+        document(row, "metadata"),
+        document(row, "events")[0]["attributes"],
+        document(row, "links")[0]["attributes"],
+    )
+    assert mapped(span, SpanMapper(scrubber=SlowPathScrubber())) == row
+
+
+GATE_KEYS = (
+    *("cache.key", "db.redis.key", "idempotency_key", "keys", "token_count", "passenger"),
+    *("http.url", "api.key", "x.password", "session.id", "note"),
+)
+GATE_TEXTS = st.lists(
+    st.sampled_from(
+        [
+            *(
+                "key",
+                "token",
+                "pass",
+                "Bearer ",
+                "Basic dXNlcjpwYXNz",
+                "eyJhbGciOiJIUzI1NiJ9.e30.x",
+            ),
+            *("://", "u:p@h", "password=", "4111 1111 1111 1111", "AKIAIOSFODNN7EXAMPLE"),
+            *("-----BEGIN PRIVATE KEY-----", " ", "=", ":", "\n", '"', "\\", "é", "\x00"),
+        ]
+    ),
+    max_size=5,
+).map("".join)
+GATE_VALUES = st.one_of(
+    GATE_TEXTS,
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.lists(GATE_TEXTS, max_size=3),
+)
+GATE_ATTRIBUTES = st.dictionaries(st.sampled_from(GATE_KEYS), GATE_VALUES, max_size=5)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(attributes=GATE_ATTRIBUTES, event_attributes=GATE_ATTRIBUTES, event_name=GATE_TEXTS)
+def test_the_gate_never_changes_a_row(
+    attributes: dict[str, Any], event_attributes: dict[str, Any], event_name: str
+) -> None:
+    """Whatever the keys and values, a span maps to the row the always-slow path gives it."""
+
+    def add_event(span: Span) -> None:
+        span.add_event(event_name, event_attributes, timestamp=T0_NS)
+
+    span = PROPERTY_FACTORY.span(
+        attributes=attributes, links=[link_to(1, 2, event_attributes)], build=add_event
+    )
+
+    actual = SpanMapper(scrubber=Scrubber()).to_row(span)
+
+    assert SpanMapper(scrubber=SlowPathScrubber()).to_row(span) == actual
+
+
+def redacted(rule: str) -> str:
+    """The marker a secret of ``rule`` becomes."""
+    return REDACTED.format(rule=rule)
+
+
+# --- event times -------------------------------------------------------------------------------
+
+
+def strftime_time(time_ns: Any) -> str:
+    """Event times as the mapper formatted them through ``strftime``: the reference."""
+    seconds, nanos = divmod(time_ns, 1_000_000_000)
+    stamp = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{nanos:09d}Z"
+
+
+def outcome(format_time: Callable[[Any], str], time_ns: Any) -> str:
+    """The text ``format_time`` gives, or the name of the exception it raises."""
+    try:
+        return format_time(time_ns)
+    except Exception as exc:
+        return type(exc).__name__
+
+
+NS = 1_000_000_000
+EDGE_TIMES = (
+    *(0, 1, -1, NS - 1, NS, -NS, -NS - 1, 59 * NS + NS - 1, 60 * NS, -60 * NS, -60 * NS - 1),
+    *(-(2**63), -(2**63) + 1, 2**63 - 1, 2**63 - 2, T0_NS),
+    951_782_400 * NS - 1,  # 2000-02-28T23:59:59.999999999Z, before a leap day
+    951_782_400 * NS,  # 2000-02-29
+    951_868_800 * NS,  # 2000-03-01
+    4_107_456_000 * NS,  # 2100-02-28: no leap day in 2100
+    4_107_542_400 * NS,  # 2100-03-01
+    -2_208_988_800 * NS,  # 1900-01-01
+    7_258_118_400 * NS - 1,  # 2199-12-31T23:59:59.999999999Z
+    *(2**63, -(2**63) - 1),  # past int64: strftime's own result
+    253_402_300_799 * NS + NS - 1,  # 9999-12-31T23:59:59.999999999Z
+    253_402_300_800 * NS,  # year 10000: strftime's error
+    10**30,
+    *(True, 1.5, 1.7e18),
+)
+
+
+@pytest.mark.parametrize("time_ns", EDGE_TIMES)
+def test_event_times_match_strftime_at_the_edges(time_ns: Any) -> None:
+    """Around the epoch, leap days, minute ends, int64 and year 9999, event times read (or
+    fail) exactly as ``strftime`` made them."""
+    assert outcome(strftime_time, time_ns) == outcome(iso_time, time_ns)
+
+
+@settings(max_examples=2000, database=None)
+@given(st.integers(min_value=-(2**63), max_value=2**63 - 1))
+def test_event_times_match_strftime_for_every_int64(time_ns: int) -> None:
+    """Any int64 of nanoseconds reads exactly as ``strftime`` made it."""
+    assert strftime_time(time_ns) == iso_time(time_ns)
+
+
+def test_event_times_of_many_minutes_stay_right() -> None:
+    """Times spread over more minutes than are remembered still read as ``strftime`` made
+    them."""
+    times = [T0_NS + minute * 61 * NS + minute for minute in range(3000)]
+
+    assert [strftime_time(time_ns) for time_ns in times] == [iso_time(time_ns) for time_ns in times]
+
+
+# --- reading SDK fields ------------------------------------------------------------------------
+
+
+def test_sdk_private_fields_are_where_the_fast_reads_expect() -> None:
+    """Every private SDK field the mapper reads directly holds what the public API returns; an
+    SDK upgrade renaming one fails here, by name, instead of slowing every span."""
+    span = rich_span()
+    missing = [name for name in mapping._SPAN_FIELD_NAMES if name not in vars(span)]
+
+    assert ((), [], True) == (mapping._sdk_field_problems(), missing, mapping._FAST_SDK_READS)
+
+
+class PublicOnlySpan:
+    """A span that offers only the public ReadableSpan API, no private fields."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: ReadableSpan) -> None:
+        self._span = span
+
+    def __getattr__(self, name: str) -> Any:
+        """The wrapped span's public attributes only."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._span, name)
+
+
+def rich_span() -> ReadableSpan:
+    """A span with events, links, an error status, a remote parent and a trace state."""
+
+    def add_events(span: Span) -> None:
+        span.add_event("cache.miss", {"cache.key": "user:1", "attempt": 2}, timestamp=T0_NS + 5)
+        span.record_exception(ValueError("bad input"), timestamp=T0_NS + 7)
+
+    return SpanFactory().span(
+        "GET /orders",
+        attributes={"http.method": "GET", "execution.id": 7, "note": "password=hunter2"},
+        kind=SpanKind.SERVER,
+        parent=remote_parent(trace_state=TraceState([("vendor", "x")])),
+        links=[link_to(0xAB, 0xCD, {"link.reason": "retry"})],
+        status=Status(StatusCode.ERROR, "ValueError: bad input"),
+        build=add_events,
+    )
+
+
+@pytest.mark.parametrize("scrubber", [None, Scrubber()], ids=["plain", "scrubbed"])
+def test_public_api_fallback_gives_the_same_row(
+    monkeypatch: pytest.MonkeyPatch, scrubber: Scrubber | None
+) -> None:
+    """A span read only through the public API, events, links and status included, maps to
+    the row the fast reads of the SDK's fields give."""
+    span = rich_span()
+    fast = SpanMapper(scrubber=scrubber).to_row(span)
+    monkeypatch.setattr(mapping, "_FAST_SDK_READS", False)
+
+    public = SpanMapper(scrubber=scrubber).to_row(cast(ReadableSpan, PublicOnlySpan(span)))
+
+    assert fast == public

@@ -629,6 +629,57 @@ def test_document_superset_false_means_nothing_to_change(attributes: dict[str, A
         assert attributes == UNGATED.scrub_mapping(attributes)
 
 
+@settings(max_examples=1000)
+@given(
+    st.lists(
+        st.one_of(
+            fragment_texts,
+            st.integers(),
+            st.lists(fragment_texts, max_size=3),
+            st.lists(fragment_texts, max_size=3).map(tuple),
+        ),
+        max_size=4,
+    ),
+    st.lists(fragment_texts, max_size=2),
+)
+def test_strings_superset_true_means_nothing_to_change(values: list[Any], texts: list[str]) -> None:
+    """Whenever the strings-only test vouches for some values and texts, applying every value
+    rule to them under ordinary keys changes nothing."""
+    if SCRUBBER.strings_unchanged(values, texts):
+        attributes = {f"v{index}": value for index, value in enumerate(values)}
+        assert (attributes, texts) == (
+            UNGATED.scrub_mapping(attributes),
+            [UNGATED.scrub_text(text) for text in texts],
+        )
+
+
+class Text(str):
+    """A str subclass, which scrubbing may return as a plain str."""
+
+
+@pytest.mark.parametrize(
+    "value", [{"note": "ok"}, Text("ok"), ["ok", {"a": 1}], ("ok", Text("x"))], ids=repr
+)
+def test_strings_superset_does_not_vouch_for_what_scrubbing_rebuilds(value: Any) -> None:
+    """Mappings and subclasses of str, list or tuple, at any depth, are left to the slow
+    path."""
+    assert (True, False) == (
+        SCRUBBER.strings_unchanged(["ok", 1, 2.5, None, b"x", ("a", ["b"])]),
+        SCRUBBER.strings_unchanged(["ok", value]),
+    )
+
+
+def test_strings_superset_ignores_keys_but_not_values() -> None:
+    """A document that fires only for its keys (``cache.key``) is vouched for by its values;
+    a secret-looking value is not."""
+    harmless = {"cache.key": "user:1", "messaging.kafka.message.key": "order-17"}
+    assert (True, True, False) == (
+        SCRUBBER.values_might_contain_secret(encoded(harmless)),
+        SCRUBBER.strings_unchanged(harmless.values()),
+        SCRUBBER.strings_unchanged(["user:1", "Bearer abc"]),
+    )
+
+
 # --- extra patterns and the allow-list ----------------------------------------------------------
 
 

@@ -13,13 +13,15 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
+from operator import attrgetter, itemgetter
 from typing import Any, NamedTuple
 
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanKind, StatusCode
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 
 from otel_pg_exporter.export.late_attributes import LateAttributes
 from otel_pg_exporter.export.scrubbing import Scrubber
@@ -74,11 +76,36 @@ def truncation_marker(dropped: int) -> str:
     return f"…[truncated {dropped} chars]"
 
 
-def iso_time(time_ns: int) -> str:
-    """RFC 3339 UTC time with all nine fractional digits, so event times lose nothing."""
+def _strftime_time(time_ns: int) -> str:
     seconds, nanos = divmod(time_ns, 1_000_000_000)
     stamp = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{stamp}.{nanos:09d}Z"
+
+
+# "YYYY-MM-DDTHH:MM:" by minute since the epoch: events of one batch share a few minutes.
+_MINUTES: dict[int, str] = {}
+_MINUTES_CACHED = 1024
+
+
+def iso_time(time_ns: int) -> str:
+    """RFC 3339 UTC time with all nine fractional digits, so event times lose nothing.
+
+    The text up to the minute comes from ``strftime`` once per minute; the seconds and the
+    fraction are formatted here, which costs a fifth of a ``datetime`` per event. Anything but
+    an int64 (what the SDK makes) takes ``strftime`` as a whole, errors included.
+    """
+    if type(time_ns) is not int or not _BIGINT_MIN <= time_ns <= _BIGINT_MAX:
+        return _strftime_time(time_ns)
+    seconds, nanos = divmod(time_ns, 1_000_000_000)
+    minute, second = divmod(seconds, 60)
+    prefix = _MINUTES.get(minute)
+    if prefix is None:
+        stamp = datetime.fromtimestamp(minute * 60, timezone.utc)
+        prefix = stamp.strftime("%Y-%m-%dT%H:%M:")
+        if len(_MINUTES) >= _MINUTES_CACHED:
+            _MINUTES.clear()
+        _MINUTES[minute] = prefix
+    return "%s%02d.%09dZ" % (prefix, second, nanos)  # noqa: UP031
 
 
 def _is_clean_text(text: str) -> bool:
@@ -185,45 +212,65 @@ def _attribute_dict(attributes: object) -> dict[str, Any]:
     return {}
 
 
+_SCALARS = ("name", "context", "parent", "kind", "status", "start_time", "end_time", "resource")
+_COLLECTIONS = ("attributes", "events", "links")
+_SPAN_FIELD_NAMES = tuple(
+    f"_{name}" for name in (*_SCALARS, "instrumentation_scope", *_COLLECTIONS)
+)
+_FIELDS = itemgetter(*_SPAN_FIELD_NAMES[:-3])
+_COLLECTION_FIELDS = itemgetter(*_SPAN_FIELD_NAMES[-3:])
+_PROPERTIES = attrgetter(*_SCALARS, "instrumentation_scope")
+_COLLECTION_PROPERTIES = attrgetter(*_COLLECTIONS)
+
+
 def _span_fields(span: ReadableSpan) -> tuple[Any, ...]:
     """What ``to_row`` reads of a span, from the SDK's fields directly when it can.
 
     The public properties copy attributes, events and links on every access and cost a call
-    each; the fields of an SDK span are read in one dictionary lookup apiece. Spans of other
-    implementations go through the public properties.
+    each; the fields of an SDK span are read in one dictionary lookup apiece, and its
+    attributes, events, links and status through their own fields (``_FAST_SDK_READS``).
+    Spans of other implementations go through the public properties. Returns name, context,
+    parent, kind, status code, status message, start, end, resource, scope, the attribute
+    dict, events, links, and the dropped counts of attributes, events and links.
     """
     fields = getattr(span, "__dict__", None)
-    if fields is not None:
-        try:
-            return (
-                fields["_name"],
-                fields["_context"],
-                fields["_parent"],
-                fields["_kind"],
-                fields["_status"],
-                fields["_start_time"],
-                fields["_end_time"],
-                fields["_resource"],
-                fields["_instrumentation_scope"],
-                fields["_attributes"] or {},
-                fields["_events"],
-                fields["_links"],
-            )
-        except KeyError:
-            pass
+    try:
+        if fields is None:
+            raise KeyError("__dict__")
+        (name, context, parent, kind, status, start, end, resource, scope) = _FIELDS(fields)
+        raw_attributes, events, links = _COLLECTION_FIELDS(fields)
+    except KeyError:
+        (name, context, parent, kind, status, start, end, resource, scope) = _PROPERTIES(span)
+        raw_attributes, events, links = _COLLECTION_PROPERTIES(span)
+    fast = _FAST_SDK_READS
+    bounded: Any = raw_attributes
+    if fast and type(bounded) is BoundedAttributes:
+        attributes = bounded._dict
+        dropped_attributes = bounded.dropped if attributes else 0
+    else:
+        bounded = raw_attributes or {}
+        attributes = _attribute_dict(bounded)
+        dropped_attributes = _dropped(bounded)
+    if fast and type(events) is BoundedList:
+        bounded = events
+        events = bounded._dq
+        dropped_events = bounded.dropped if events else 0
+    else:
+        dropped_events = _dropped(events) if events else 0
+    if fast and type(links) is BoundedList:
+        bounded = links
+        links = bounded._dq
+        dropped_links = bounded.dropped if links else 0
+    else:
+        dropped_links = _dropped(links) if links else 0
+    status_code, status_message = (
+        (status._status_code, status._description)
+        if fast and type(status) is Status
+        else (status.status_code, status.description)
+    )
     return (
-        span.name,
-        span.context,
-        span.parent,
-        span.kind,
-        span.status,
-        span.start_time,
-        span.end_time,
-        span.resource,
-        span.instrumentation_scope,
-        span.attributes or {},
-        span.events,
-        span.links,
+        *(name, context, parent, kind, status_code, status_message, start, end, resource),
+        *(scope, attributes, events, links, dropped_attributes, dropped_events, dropped_links),
     )
 
 
@@ -232,25 +279,72 @@ def _dropped(collection: object) -> int:
     return dropped if isinstance(dropped, int) else 0
 
 
+def _sdk_field_problems() -> tuple[str, ...]:
+    """The private SDK fields the fast reads rely on that no longer hold what the public API
+    returns (an SDK upgrade renamed them); empty when every fast read is sound."""
+    problems: list[str] = []
+    try:
+        event = Event("e", {"a": 1}, timestamp=5)
+        events: Any = BoundedList.from_seq(1, [Event("dropped", timestamp=1), event])
+        status = Status(StatusCode.ERROR, "d")
+        link = Link(SpanContext(1, 2, False), {"b": 2})
+        attributes: Any = BoundedAttributes(2, {"c": 3})
+    except Exception as exc:  # pragma: no cover - only after an incompatible SDK upgrade
+        return (f"constructors: {exc!r}",)
+    checks = (
+        ("BoundedAttributes._dict", lambda: attributes._dict == {"c": 3}),
+        ("BoundedAttributes.dropped", lambda: attributes.dropped == 0),
+        ("BoundedList._dq", lambda: list(events._dq) == list(events)),
+        ("BoundedList.dropped", lambda: events.dropped == 1),
+        ("Event._name", lambda: event._name is event.name),
+        ("Event._timestamp", lambda: event._timestamp is event.timestamp),
+        ("Event._attributes", lambda: event._attributes is event.attributes),
+        ("Status._status_code", lambda: status._status_code is status.status_code),
+        ("Status._description", lambda: status._description is status.description),
+        ("Link._context", lambda: link._context is link.context),
+        ("Link._attributes", lambda: link._attributes is link.attributes),
+    )
+    for name, check in checks:
+        try:
+            sound = check()
+        except Exception:  # pragma: no cover - only after an incompatible SDK upgrade
+            sound = False
+        if not sound:  # pragma: no cover - only after an incompatible SDK upgrade
+            problems.append(name)
+    return tuple(problems)
+
+
+# Event, Status, Link and BoundedList are read through their fields (one attribute load each
+# instead of a property call) when these exact SDK classes still keep them as expected.
+_FAST_SDK_READS = not _sdk_field_problems()
+
+
 def _events_doc(events: Sequence[Event]) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": event.name,
-            "time": iso_time(event.timestamp),
-            "attributes": _attribute_dict(event.attributes),
-        }
-        for event in events
-    ]
+    docs: list[dict[str, Any]] = []
+    fast = _FAST_SDK_READS
+    for event in events:
+        if fast and type(event) is Event:
+            name, timestamp, attributes = event._name, event._timestamp, event._attributes
+        else:
+            name, timestamp, attributes = event.name, event.timestamp, event.attributes
+        docs.append(
+            {"name": name, "time": iso_time(timestamp), "attributes": _attribute_dict(attributes)}
+        )
+    return docs
 
 
 def _links_doc(links: Sequence[Link]) -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = []
+    fast = _FAST_SDK_READS
     for link in links:
-        context = link.context
+        if fast and type(link) is Link:
+            context, attributes = link._context, link._attributes
+        else:
+            context, attributes = link.context, link.attributes
         doc: dict[str, Any] = {
             "trace_id": f"{context.trace_id:032x}",
             "span_id": f"{context.span_id:016x}",
-            "attributes": _attribute_dict(link.attributes),
+            "attributes": _attribute_dict(attributes),
         }
         if context.trace_state:
             doc["trace_state"] = context.trace_state.to_header()
@@ -263,6 +357,25 @@ def _scrub_attributes(doc: dict[str, Any], scrubber: Scrubber) -> dict[str, Any]
     if "name" in doc:  # an event's name is free text too
         scrubbed["name"] = scrubber.scrub_text(doc["name"])
     return scrubbed
+
+
+def _docs_unchanged(scrubber: Scrubber, docs: list[dict[str, Any]] | None) -> bool:
+    """True proves that ``_scrub_attributes`` leaves each event or link document unchanged:
+    no key of its attributes names a credential and no string in their values (or in an
+    event's name) can hold a secret; False means: scrub them."""
+    for doc in docs or ():
+        attributes = doc["attributes"]
+        name = doc.get("name", "")
+        if type(name) is not str:
+            return False
+        try:
+            if scrubber.keys_need_scrubbing(attributes):
+                return False
+        except (AttributeError, TypeError):  # a key that is no str: the slow path copes
+            return False
+        if not scrubber.strings_unchanged(attributes.values(), (name,)):
+            return False
+    return True
 
 
 def _clamp_ns(time_ns: int) -> int:
@@ -385,21 +498,27 @@ class SpanMapper:
             context,
             parent,
             kind,
-            status,
+            status_code,
+            status_message,
             start,
             end,
             resource,
             scope,
-            raw_attributes,
+            attributes,
             raw_events,
             raw_links,
+            dropped_attributes,
+            dropped_events,
+            dropped_links,
         ) = _span_fields(span)
         if context is None:
             raise ValueError("span has no context")
         # SpanContext is a tuple: unpacking it costs one step, its properties five calls.
         trace_id, span_id, _, trace_flags, trace_state, _ = context
-        origin = self._origin(resource, scope, trace_flags, parent is not None and parent.is_remote)
-        attributes = _attribute_dict(raw_attributes)
+        parent_is_remote = parent is not None and parent.is_remote
+        origin = self._origin_cache.get((id(resource), id(scope), trace_flags, parent_is_remote))
+        if origin is None or origin.resource is not resource or origin.scope is not scope:
+            origin = self._origin(resource, scope, trace_flags, parent_is_remote)
         late_attributes = self.late_attributes
         if late_attributes:
             late = late_attributes.pop(trace_id, span_id)
@@ -409,9 +528,6 @@ class SpanMapper:
         links = _links_doc(raw_links) if raw_links else None
 
         otel = None
-        dropped_attributes = _dropped(raw_attributes)
-        dropped_events = _dropped(raw_events) if raw_events else 0
-        dropped_links = _dropped(raw_links) if raw_links else 0
         if trace_state or dropped_attributes or dropped_events or dropped_links:
             otel = dict(origin.otel)
             if trace_state:
@@ -423,7 +539,6 @@ class SpanMapper:
                     "links": dropped_links,
                 }
 
-        status_message = status.description
         metadata, events_json, links_json, otel_json = self._encode_documents(
             attributes, events, links, otel
         )
@@ -443,13 +558,13 @@ class SpanMapper:
         if status_message is not None:
             status_message = self._label(status_message)
         start = start or 0
-        if not _BIGINT_MIN <= start <= _BIGINT_MAX:
-            start = _clamp_ns(start)
+        start = start if _BIGINT_MIN <= start <= _BIGINT_MAX else _clamp_ns(start)
         end = end or start
-        if not _BIGINT_MIN <= end <= _BIGINT_MAX:
-            end = _clamp_ns(end)
+        end = end if _BIGINT_MIN <= end <= _BIGINT_MAX else _clamp_ns(end)
         execution_id = attributes.get(self.execution_id_attribute)
-        if execution_id is not None:
+        if execution_id is not None and not (
+            type(execution_id) is int and _BIGINT_MIN <= execution_id <= _BIGINT_MAX
+        ):
             execution_id = execution_id_of(execution_id)
         # printf-style formatting takes half the time of an f-string with a format spec.
         return (
@@ -461,7 +576,7 @@ class SpanMapper:
             _KIND_NAMES.get(id(kind)) or str(kind.name).lower(),
             start,
             end,
-            _STATUS_NAMES.get(id(status.status_code)) or str(status.status_code.name).lower(),
+            _STATUS_NAMES.get(id(status_code)) or str(status_code.name).lower(),
             status_message,
             execution_id,
             metadata,
@@ -488,12 +603,26 @@ class SpanMapper:
         if status_message and scrubber.might_contain_secret(status_message):
             status_message = scrubber.scrub_text(status_message)
         metadata, events_json, links_json, _ = documents
-        # Key verdicts are cached per key; the values take one scan of their document.
+        # Key verdicts are cached per key; the values take one scan of their document. When
+        # that scan fires, the values are scanned again without the keys (a key such as
+        # "cache.key" holds a trigger word but is no credential): only a real suspect takes
+        # the slow path, which re-encodes every document exactly as before.
         if (
             scrubber.keys_need_scrubbing(attributes)
-            or scrubber.values_might_contain_secret(metadata)
-            or (events_json is not None and scrubber.might_contain_secret(events_json))
-            or (links_json is not None and scrubber.might_contain_secret(links_json))
+            or (
+                scrubber.values_might_contain_secret(metadata)
+                and not scrubber.strings_unchanged(attributes.values())
+            )
+            or (
+                events_json is not None
+                and scrubber.might_contain_secret(events_json)
+                and not _docs_unchanged(scrubber, events)
+            )
+            or (
+                links_json is not None
+                and scrubber.might_contain_secret(links_json)
+                and not _docs_unchanged(scrubber, links)
+            )
         ):
             attributes = scrubber.scrub_mapping(attributes)
             if events is not None:
@@ -527,6 +656,15 @@ class SpanMapper:
         links: list[dict[str, Any]] | None,
         otel: dict[str, Any] | None,
     ) -> tuple[str, str | None, str | None, str | None]:
+        limit = self.max_value_chars
+        if events is None and links is None and otel is None:  # most spans: one document
+            try:
+                metadata = _encode_json(attributes)
+            except (TypeError, ValueError):
+                pass  # NaN, infinities or a type JSON cannot encode: clean below
+            else:
+                if len(metadata) <= self.max_span_chars and _is_clean_json(metadata, limit):
+                    return metadata, None, None, None
         try:
             metadata = _encode_json(attributes)
             events_json = None if events is None else _encode_json(events)
@@ -536,7 +674,6 @@ class SpanMapper:
             pass  # NaN, infinities or a type JSON cannot encode: clean below
         else:
             # A document shorter than the value cap cannot hold an over-long value.
-            limit = self.max_value_chars
             clean = _is_clean_json(metadata, limit)
             total = len(metadata)
             for document in (events_json, links_json, otel_json):

@@ -21,7 +21,7 @@ import base64
 import binascii
 import codecs
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from otel_pg_exporter import settings
@@ -302,6 +302,9 @@ _CARD_RUN = "0" * 13
 _TEXT_NAME_NEEDLES = ("pass", "pwd", "secret", "token", "key", "cookie", "jwt")
 
 
+_charmap_decode = codecs.charmap_decode
+
+
 def _fold(text: str) -> str:
     try:
         data = text.encode()
@@ -408,7 +411,40 @@ class Scrubber:
     def values_might_contain_secret(self, text: str) -> bool:
         """Like ``might_contain_secret`` for the value rules only: pair it with
         ``keys_need_scrubbing`` for the keys (of every nesting level) of the same document."""
-        return _value_needle_in(_fold(text)) or self._extras_might_match(text)
+        # _fold inlined: this runs once or more for every span.
+        try:
+            data = text.encode()
+        except UnicodeEncodeError:
+            data = text.encode("utf-8", "surrogatepass")
+        return _value_needle_in(_charmap_decode(data, None, _FOLD)[0]) or (
+            bool(self._extras) and self._extras_might_match(text)
+        )
+
+    def strings_unchanged(self, values: Iterable[object], texts: Sequence[str] = ()) -> bool:
+        """True proves that scrubbing leaves each of ``values`` (as ``_scrub_any`` would under
+        an ordinary key) and each of ``texts`` unchanged, by one value superset test over all
+        their strings at once; False means: scrub them.
+
+        It is for documents whose keys alone set off the document-wide test (``cache.key``,
+        ``messaging.kafka.message.key``): their values are tested without the keys. A value
+        whose scrubbing this cannot vouch for (a mapping, a subclass of str, list or tuple)
+        answers False. The strings are joined with newlines: no substring a rule or superset
+        test looks for contains one, and an extra pattern sees each string's edge as it would
+        alone (a newline is no word character; anchors and negative lookarounds are already
+        sent to the slow path), so a match inside any string is a match inside the join."""
+        strings = [*texts]
+        for value in values:
+            kind = type(value)
+            if kind is str:
+                strings.append(value)  # type: ignore[arg-type]
+            elif kind is int or kind is float or kind is bool or value is None:
+                continue
+            elif kind is tuple or kind is list:
+                if not _collect_strings(value, strings):  # type: ignore[arg-type]
+                    return False
+            elif isinstance(value, _REWRITTEN):
+                return False
+        return not self.values_might_contain_secret("\n".join(strings))
 
     def keys_need_scrubbing(self, keys: Collection[str]) -> bool:
         """Whether any of ``keys`` names a credential (or matches an extra pattern); the
@@ -517,6 +553,24 @@ class Scrubber:
         if isinstance(value, list | tuple):
             return type(value)(self._scrub_any(item) for item in value)
         return value
+
+
+_REWRITTEN = (str, Mapping, list, tuple)  # the types _scrub_any does not return as they are
+
+
+def _collect_strings(items: Sequence[object], strings: list[str]) -> bool:
+    """Append the strings of a list or tuple (at any depth) to ``strings``; False when an item
+    is one ``Scrubber.strings_unchanged`` cannot vouch for."""
+    for item in items:
+        kind = type(item)
+        if kind is str:
+            strings.append(item)  # type: ignore[arg-type]
+        elif kind is tuple or kind is list:
+            if not _collect_strings(item, strings):  # type: ignore[arg-type]
+                return False
+        elif isinstance(item, _REWRITTEN):
+            return False
+    return True
 
 
 def _non_empty_match(pattern: re.Pattern[str], text: str) -> bool:
