@@ -17,7 +17,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 venv: $(VENV_STAMP)
 
 # A venv without a working pip (python3-venv missing, an interrupted run) is made again.
-$(VENV_STAMP): pyproject.toml
+# The compiled fast path is built by the install (hatch_build.py): a changed .pyx reinstalls.
+$(VENV_STAMP): pyproject.toml hatch_build.py otel_pg_exporter/export/_fastrow.pyx
 	$(VENV_BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
 	$(VENV_BIN)/python -m pip install --quiet --upgrade pip
 	$(VENV_BIN)/python -m pip install --quiet -e '.[test]'
@@ -41,18 +42,25 @@ PARTITIONED_TESTS := tests/test_query.py tests/test_query_cli.py tests/test_writ
 	tests/test_doctor.py tests/test_spool_cli.py tests/test_e2e.py tests/test_retention.py \
 	tests/test_indexes.py tests/test_mcp.py
 
+# The whole suite runs twice: with the compiled fast path (which must then be built wherever
+# a C compiler and the Python headers exist, so the suite cannot silently test only the pure
+# path) and with OTEL_EXPORTER_POSTGRES_FAST_PATH=false, the pure-Python mapper throughout.
+EXPECT_FAST_PATH := $(shell (command -v cc || command -v gcc) >/dev/null 2>&1 && \
+	$(PYTHON) -c "import os, sysconfig; p = os.path.join(sysconfig.get_paths()['include'], 'Python.h'); print(int(os.path.exists(p)))" 2>/dev/null || echo 0)
+
 test: lint typecheck
-	$(VENV_BIN)/pytest
+	OTEL_PG_EXPECT_FAST_PATH=$(EXPECT_FAST_PATH) $(VENV_BIN)/pytest
+	OTEL_EXPORTER_POSTGRES_FAST_PATH=false $(VENV_BIN)/pytest
 	TEST_TABLE_LAYOUT=partitioned $(VENV_BIN)/pytest $(PARTITIONED_TESTS)
 
 # Every declared version range, tested at both ends (tests/compat/run.sh): the lowest version of
 # each direct dependency pyproject.toml allows on Python 3.10 (.venv-compat-low, and
 # .venv-compat-low-sentry for the sentry extra's higher floors), the newest on Python 3.13
 # (.venv-compat-high). Interpreters come from pyenv or PATH; a missing one is skipped with a
-# message. The subset covers mapping, exporter, processor, configure, sender, deadlines, the
+# message. The subset covers mapping (compiled and pure), exporter, processor, configure, sender, deadlines, the
 # instrument CLI and Sentry; about five minutes in all.
-COMPAT_TESTS := tests/test_mapping.py tests/test_exporter.py tests/test_processor.py \
-	tests/test_configure.py tests/test_sender.py tests/test_deadlines.py \
+COMPAT_TESTS := tests/test_mapping.py tests/test_fastpath.py tests/test_exporter.py \
+	tests/test_processor.py tests/test_configure.py tests/test_sender.py tests/test_deadlines.py \
 	tests/test_instrument_cli.py
 COMPAT_SENTRY_TESTS := tests/test_sentry.py
 

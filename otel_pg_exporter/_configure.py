@@ -122,6 +122,7 @@ class Handle:
         counters: dict[str, Any] = {"enabled": self.enabled}
         if self.exporter is not None:
             counters.update(self.exporter.stats())
+            counters["fast_path"] = self.exporter.fast_path_status
         return counters
 
 
@@ -141,6 +142,7 @@ def configure(
     spool_dir: str | None = None,
     spool_max_mb: int | None = None,
     retention_days: int | None = None,
+    fast_path: bool | None = None,
     service_name: str | None = None,
     resource_attributes: Mapping[str, Any] | None = None,
     sampler: Sampler | None = None,

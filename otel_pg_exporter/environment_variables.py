@@ -107,6 +107,15 @@ process per table (an advisory lock), in small batches, at most once an hour; ``
 spans forever. Default: ``30``.
 """
 
+OTEL_EXPORTER_POSTGRES_FAST_PATH = "OTEL_EXPORTER_POSTGRES_FAST_PATH"
+"""
+.. envvar:: OTEL_EXPORTER_POSTGRES_FAST_PATH
+
+Map common spans to rows with the compiled module built at install time (where a C
+compiler was available); ``false`` maps every span in pure Python, the reference the
+compiled code is tested against. Rows are identical either way. Default: ``true``.
+"""
+
 OTEL_EXPORTER_POSTGRES_LOG_CORRELATION = "OTEL_EXPORTER_POSTGRES_LOG_CORRELATION"
 """
 .. envvar:: OTEL_EXPORTER_POSTGRES_LOG_CORRELATION

@@ -438,6 +438,13 @@ SETTINGS: dict[str, Setting[Any]] = {
             _string_sequence,
         ),
         Setting(
+            "fast_path",
+            (ev.OTEL_EXPORTER_POSTGRES_FAST_PATH,),
+            True,
+            "map common spans with the compiled module when it was built; false: pure Python",
+            parse_bool,
+        ),
+        Setting(
             "log_correlation",
             (ev.OTEL_EXPORTER_POSTGRES_LOG_CORRELATION,),
             True,
@@ -588,6 +595,7 @@ class ExporterSettings:
     spool_max_mb: int = DEFAULT_SPOOL_MAX_MB
     retention_days: int = DEFAULT_RETENTION_DAYS
     pool_wait: int = DEFAULT_POOL_WAIT_MS
+    fast_path: bool = True
 
     @property
     def timeout_s(self) -> float:
@@ -601,7 +609,8 @@ class ExporterSettings:
             f"execution_id_attribute={self.execution_id_attribute!r}, "
             f"max_value_chars={self.max_value_chars}, max_span_chars={self.max_span_chars}, "
             f"spool_dir={self.spool_dir!r}, spool_max_mb={self.spool_max_mb}, "
-            f"retention_days={self.retention_days}, pool_wait={self.pool_wait})"
+            f"retention_days={self.retention_days}, pool_wait={self.pool_wait}, "
+            f"fast_path={self.fast_path})"
         )
 
     @classmethod

@@ -44,6 +44,7 @@ from otel_pg_exporter.cli.spool import (
     spool_folders,
 )
 from otel_pg_exporter.errors import OtelPgError
+from otel_pg_exporter.export import fastpath
 from otel_pg_exporter.export.exporter import spool_folder_key
 from otel_pg_exporter.schema.migrations import applied_versions, available_migrations
 from otel_pg_exporter.schema.table import COLUMNS, MIGRATIONS_TABLE, index_names
@@ -516,6 +517,20 @@ def _value(name: str, value: object) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
+def _fast_path_check(enabled: bool) -> Check:
+    """Whether this installation maps spans with the compiled fast path."""
+    status = fastpath.fast_path_status(enabled)
+    if fastpath.FAST_PATH_BUILT or not enabled:
+        return Check("fast path", OK, status)
+    return Check(
+        "fast path",
+        WARN,
+        status,
+        "install a C compiler (gcc or clang) and the Python headers, then reinstall "
+        "otel_pg_exporter from source; rows are the same either way, only slower to make",
+    )
+
+
 def _settings_checks(target: _Target, environ: Mapping[str, str]) -> Iterator[Check]:
     explicit = {
         "dsn": target.args.dsn,
@@ -533,6 +548,7 @@ def _settings_checks(target: _Target, environ: Mapping[str, str]) -> Iterator[Ch
             f"set {ev.ENABLE_DB_TRACING}=true in the application's environment "
             "(doctor reads the shell it runs in)",
         )
+    yield _fast_path_check(bool(setting("fast_path").resolve(None, environ)))
     for name in _PIPELINE_SETTINGS:
         declared = setting(name)
         value = declared.resolve(explicit.get(name), environ)

@@ -25,6 +25,7 @@ from otel_pg_exporter._dsn import redact_dsn
 from otel_pg_exporter._untraced import untraced
 from otel_pg_exporter.errors import SpoolError, SpoolRefused, WriteError
 from otel_pg_exporter.export import forks
+from otel_pg_exporter.export.fastpath import FastRow, fast_path_status, fast_to_row
 from otel_pg_exporter.export.late_attributes import LATE_ATTRIBUTES
 from otel_pg_exporter.export.mapping import SpanMapper
 from otel_pg_exporter.export.metrics import ExporterMetrics
@@ -175,6 +176,7 @@ class PostgresSpanExporter(SpanExporter):
         spool_dir: str | None = None,
         spool_max_mb: int | None = None,
         retention_days: int | None = None,
+        fast_path: bool | None = None,
         scrub: bool | None = None,
         scrub_patterns: Sequence[str] | None = None,
         scrub_allow: Sequence[str] | None = None,
@@ -196,6 +198,7 @@ class PostgresSpanExporter(SpanExporter):
             spool_dir=spool_dir,
             spool_max_mb=spool_max_mb,
             retention_days=retention_days,
+            fast_path=fast_path,
         )
         # The application's pool, shared (never closed here); its conninfo names the target
         # (spool folder, retention) when no DSN is given.
@@ -210,7 +213,11 @@ class PostgresSpanExporter(SpanExporter):
             max_value_chars=self.settings.max_value_chars,
             max_span_chars=self.settings.max_span_chars,
         )
-        self._to_row = self._mapper.to_row
+        # The compiled fast path where it was built (identical rows; every unusual span
+        # goes through the reference mapper); the pure-Python mapper otherwise.
+        self._fast: FastRow | None = fast_to_row(self._mapper, self.settings.fast_path)
+        self._to_row = self._fast or self._mapper.to_row
+        self._mapped_python = 0  # spans mapped while there is no fast path
         self._metrics = ExporterMetrics()
         self._writer = SpanWriter(
             dsn=self.settings.dsn,
@@ -282,6 +289,11 @@ class PostgresSpanExporter(SpanExporter):
             "export_failures": 0,
         }
         counters.update(self._metrics.snapshot())
+        fast = self._fast
+        # Spans mapped by the compiled fast path, and by the pure-Python mapper (all of them
+        # when the fast path is off or not built; else the unusual ones it hands over).
+        counters["spans_mapped_fast"] = 0 if fast is None else fast.fast
+        counters["spans_mapped_python"] = self._mapped_python if fast is None else fast.fallbacks
         for old, new in DEPRECATED_STATS_KEYS.items():
             counters[old] = counters.get(new, 0)
         if self._pipelined:
@@ -304,6 +316,11 @@ class PostgresSpanExporter(SpanExporter):
             counters["spool_rows"] = pending.rows
             counters["spool_corrupt_records"] = pending.corrupt_records
         return counters
+
+    @property
+    def fast_path_status(self) -> str:
+        """One line: whether spans are mapped by the compiled fast path, and if not, why."""
+        return fast_path_status(self.settings.fast_path)
 
     @property
     def metrics(self) -> ExporterMetrics:
@@ -352,6 +369,8 @@ class PostgresSpanExporter(SpanExporter):
     def _export(self, spans: Sequence[ReadableSpan], started: float) -> SpanExportResult:
         self._report_drops()
         rows = self._map(spans)
+        if self._fast is None:
+            self._mapped_python += len(spans)
         unmappable = len(spans) - len(rows)
         self._metrics.dropped(unmappable, "rejected")
         self._open_spool_lazily()
