@@ -64,6 +64,7 @@ from benchmarks.bench_common import (  # noqa: E402
     run_part,
     summary,
 )
+from otel_pg_exporter.export.sender import MAX_BATCH_ROWS  # noqa: E402
 from otel_pg_exporter.schema.migrations import migrate  # noqa: E402
 from otel_pg_exporter.testing.devdb import DevCluster  # noqa: E402
 
@@ -426,7 +427,8 @@ def part_throughput(report: Report, config: dict[str, Any], dsn: str, tmp: Path)
         ),
         Line(
             "3",
-            "committed rows/s: raw limit, the same with 2,048 rows/tx (the sender's most)",
+            f"committed rows/s: raw limit, the same with {MAX_BATCH_ROWS:,} rows/tx "
+            "(the sender's most)",
             rates["raw_joined"],
             "/s",
         ),
@@ -441,7 +443,7 @@ def part_throughput(report: Report, config: dict[str, Any], dsn: str, tmp: Path)
         ),
         Line(
             "3",
-            "exporter (sender) / raw limit, 2,048/tx",
+            f"exporter (sender) / raw limit, {MAX_BATCH_ROWS:,}/tx",
             ratios(rates["exporter"], rates["raw_joined"]),
             RATIO,
             "≥ 0.80",

@@ -8,8 +8,9 @@
 - ``raw``: the raw limit, psycopg alone: binary COPY of the same rows, mapped beforehand,
   into the writer's temporary stage and ``INSERT ... ON CONFLICT DO NOTHING`` with the
   writer's own SQL, one transaction per 512 rows;
-- ``raw_joined``: the same with one transaction per 2,048 rows, the most the sender thread
-  joins into one COPY when batches wait for it: the raw limit of the exporter's own path;
+- ``raw_joined``: the same with one transaction per ``MAX_BATCH_ROWS`` rows, the most the
+  sender thread joins into one COPY when batches wait for it: the raw limit of the
+  exporter's own path;
 - ``per_span_insert``: the risk review's approach, one INSERT and commit per span (rows
   mapped beforehand, so it is not charged for mapping).
 """

@@ -26,7 +26,7 @@ from tcp_proxy import TcpProxy
 from otel_pg_exporter import PostgresSpanExporter
 from otel_pg_exporter.export.exporter import HANDOFF_WAIT_S
 from otel_pg_exporter.export.processor import CountingBatchSpanProcessor
-from otel_pg_exporter.export.sender import Sender
+from otel_pg_exporter.export.sender import MAX_PENDING_ROWS, Sender
 from otel_pg_exporter.schema.table import Row
 
 SUCCESS = SpanExportResult.SUCCESS
@@ -224,6 +224,9 @@ def test_the_plain_sdk_processor_keeps_export_synchronous(migrated_dsn: str) -> 
         provider.shutdown()
 
 
+STALLED_BATCHES = MAX_PENDING_ROWS // 200 + 20
+
+
 def test_a_silent_database_never_holds_the_export_thread_and_nothing_is_lost(
     migrated_dsn: str, proxied: tuple[TcpProxy, str], spool_dir: str
 ) -> None:
@@ -251,7 +254,8 @@ def test_a_silent_database_never_holds_the_export_thread_and_nothing_is_lost(
         export_batches(2)
         assert exporter.force_flush(10_000)
         proxy.stall()
-        stalled = export_batches(40)  # 8,000 spans into the silence
+        # More spans into the silence than the sender may hold (MAX_PENDING_ROWS).
+        stalled = export_batches(STALLED_BATCHES)
         proxy.resume()
         export_batches(2)
         exporter.force_flush(20_000)
@@ -265,7 +269,7 @@ def test_a_silent_database_never_holds_the_export_thread_and_nothing_is_lost(
         assert sum(took > HANDOFF_WAIT_S / 2 for took in stalled) <= 2, stalled
         stats = exporter.stats()
         assert stats["spans_spooled"] > 0
-        assert 44 * 200 == count_rows(migrated_dsn)
+        assert (STALLED_BATCHES + 4) * 200 == count_rows(migrated_dsn)
         assert not any(n for key, n in stats.items() if key.startswith("spans_dropped_")), stats
     finally:
         exporter.shutdown()

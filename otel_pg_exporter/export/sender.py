@@ -21,8 +21,10 @@ from collections.abc import Callable
 
 from otel_pg_exporter.schema.table import Row
 
-MAX_PENDING_ROWS = 4096
-MAX_BATCH_ROWS = 2048
+# Fewer, larger transactions keep up under a CPU-bound application, where every round trip
+# of the sender waits for the GIL (up to the 5 ms switch interval) on its way back.
+MAX_PENDING_ROWS = 8192
+MAX_BATCH_ROWS = 4096
 
 
 class Sender:

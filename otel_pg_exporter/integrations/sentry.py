@@ -84,6 +84,11 @@ def trace_is_sampled(trace_id: int, rate: float) -> bool:
     return (trace_id & _TRACE_ID_LOW_BITS) < round(rate * (1 << 64))
 
 
+# How often a span start looks for a Sentry client started after configure().
+CLIENT_CHECK_INTERVAL_S = 0.1
+_monotonic = time.monotonic
+
+
 class _TraceRatioProcessor(SpanProcessor):
     """Hands a span to ``inner`` only when its trace falls within ``rate``.
 
@@ -449,14 +454,20 @@ class SentryBridge:
 
 
 class _ClientWatch(SpanProcessor):
-    """Joins a client the application starts after configure(), before its span runs (about
-    0.5 µs per span: one lookup of the current client). Transactions such a client began
-    before the join are dropped by ``SentryBridge.process_event``."""
+    """Joins a client the application starts after configure(), at a span start at most
+    ``CLIENT_CHECK_INTERVAL_S`` later (a clock read per span, one lookup of the current
+    client per interval). Transactions such a client began before the join are dropped by
+    ``SentryBridge.process_event``, and an event joins it at once."""
 
     def __init__(self, bridge: SentryBridge) -> None:
         self._bridge = bridge
+        self._next_check = 0.0
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        now = _monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + CLIENT_CHECK_INTERVAL_S
         client = sentry_sdk.get_client()
         if client is not self._bridge.client and client.is_active():
             self._bridge.join(client)
