@@ -6,7 +6,7 @@ import math
 import os
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -29,7 +29,7 @@ from otel_pg_exporter.export import fastpath
 from otel_pg_exporter.export.late_attributes import LateAttributes
 from otel_pg_exporter.export.mapping import SpanMapper
 from otel_pg_exporter.export.scrubbing import Scrubber
-from otel_pg_exporter.schema.table import Row
+from otel_pg_exporter.schema.table import STAGE_COLUMNS, Row
 
 _fastrow: ModuleType | None
 try:
@@ -733,3 +733,75 @@ def test_an_explicit_fast_path_wins_over_the_variable(
     stats = _exported_by(migrated_dsn, fast_path=True)
 
     assert (20, 0) == (stats["spans_mapped_fast"], stats["spans_mapped_python"])
+
+
+# --- the binary COPY encoder -------------------------------------------------------------------
+
+_TEXT_COLUMNS = tuple(pg_type == "text" for _, pg_type in STAGE_COLUMNS)
+# Any code point, lone surrogates and NUL included: psycopg refuses or passes them.
+_ANY_TEXT = st.text(st.characters(codec=None, categories=None), max_size=40)
+_ANY_INT8 = st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers(-(2**70), 2**70))
+
+
+def _psycopg_stream(rows: list[tuple[Any, ...]]) -> bytes:
+    """What psycopg's write_row sends for ``rows``: signature, rows, trailer."""
+    from psycopg._copy_base import _binary_signature, _binary_trailer, format_row_binary
+    from psycopg.adapt import Transformer
+    from psycopg.pq import Format
+
+    transformer = Transformer()
+    transformer.set_dumper_types([25 if text else 20 for text in _TEXT_COLUMNS], Format.BINARY)
+    buffer = bytearray(_binary_signature)
+    for row in rows:
+        format_row_binary(row, transformer, buffer)
+    return bytes(buffer + _binary_trailer)
+
+
+@st.composite
+def _stage_rows(draw: st.DrawFn) -> tuple[Any, ...]:
+    return tuple(
+        draw(st.one_of(st.none(), _ANY_TEXT if text else _ANY_INT8)) for text in _TEXT_COLUMNS
+    )
+
+
+@compiled
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_stage_rows(), max_size=6))
+def test_copy_encoder_sends_what_psycopg_sends(rows: list[tuple[Any, ...]]) -> None:
+    """For any text and int8 values the compiled stream equals psycopg's byte for byte, and
+    where psycopg refuses a row (lone surrogate, int past int8) it raises the same error."""
+    encode = fastpath.copy_encoder(enabled=True)
+    assert encode is not None
+    try:
+        expected: bytes | type[BaseException] = _psycopg_stream(rows)
+    except (UnicodeEncodeError, OverflowError) as exc:
+        expected = type(exc)
+    try:
+        actual: bytes | type[BaseException] | None = encode(cast(list[Row], rows))
+    except (UnicodeEncodeError, OverflowError) as exc:
+        actual = type(exc)
+
+    assert expected == actual
+
+
+@compiled
+@pytest.mark.parametrize(
+    "value",
+    [True, 1.5, b"bytes", type("Text", (str,), {})("text"), type("Number", (int,), {})(3)],
+    ids=["bool", "float", "bytes", "str-subclass", "int-subclass"],
+)
+def test_copy_encoder_leaves_other_types_to_psycopg(value: object) -> None:
+    """A value of another type (or a subclass) makes the encoder answer None."""
+    encode = fastpath.copy_encoder(enabled=True)
+    assert encode is not None
+    column = 0 if isinstance(value, str | bytes) else 6  # a text column; an int8 column
+    row: list[object] = [None] * len(STAGE_COLUMNS)
+    row[column] = value
+
+    assert None is encode([cast(Row, tuple(row))])
+
+
+def test_copy_encoder_follows_the_fast_path_switch() -> None:
+    """Off, or not built: no encoder, and the writer uses psycopg's write_row."""
+    assert None is fastpath.copy_encoder(enabled=False)
+    assert fastpath.FAST_PATH_BUILT == (fastpath.copy_encoder(enabled=True) is not None)

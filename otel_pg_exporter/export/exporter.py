@@ -25,7 +25,12 @@ from otel_pg_exporter._dsn import redact_dsn
 from otel_pg_exporter._untraced import untraced
 from otel_pg_exporter.errors import SpoolError, SpoolRefused, WriteError
 from otel_pg_exporter.export import forks
-from otel_pg_exporter.export.fastpath import FastRow, fast_path_status, fast_to_row
+from otel_pg_exporter.export.fastpath import (
+    FastRow,
+    copy_encoder,
+    fast_path_status,
+    fast_to_row,
+)
 from otel_pg_exporter.export.late_attributes import LATE_ATTRIBUTES
 from otel_pg_exporter.export.mapping import SpanMapper
 from otel_pg_exporter.export.metrics import ExporterMetrics
@@ -228,6 +233,7 @@ class PostgresSpanExporter(SpanExporter):
             pool=self.pool,
             pool_wait_s=self.settings.pool_wait / 1000,
             on_wait=self._metrics.connection_waited,
+            encode_rows=copy_encoder(self.settings.fast_path),
         )
         self._warnings = _RateLimitedWarnings()
         self._shutdown = False

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
 from types import ModuleType
 from typing import Protocol
 
 from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_pg_exporter.export.mapping import SpanMapper
-from otel_pg_exporter.schema.table import Row
+from otel_pg_exporter.schema.table import STAGE_COLUMNS, Row
 
 
 class FastRow(Protocol):
@@ -86,3 +87,23 @@ def fast_to_row(mapper: SpanMapper, enabled: bool | None = None) -> FastRow | No
         return None
     fast: FastRow = _MODULE.FastRow(mapper)
     return fast
+
+
+CopyEncoder = Callable[[list[Row]], bytes | None]
+"""``rows`` -> the whole binary COPY stream of them, or None for psycopg to write them."""
+
+
+def copy_encoder(enabled: bool | None = None) -> CopyEncoder | None:
+    """The compiled binary COPY encoder for staging rows (byte for byte what psycopg's
+    ``write_row`` sends, about five times cheaper), or None when the module is not built or
+    the fast path is off (``enabled`` as for ``fast_to_row``)."""
+    if _MODULE is None or (fast_path_disabled() if enabled is None else not enabled):
+        return None
+    encode = _MODULE.encode_copy_rows
+    text_columns = tuple(pg_type == "text" for _, pg_type in STAGE_COLUMNS)
+
+    def encode_rows(rows: list[Row]) -> bytes | None:
+        encoded: bytes | None = encode(rows, text_columns)
+        return encoded
+
+    return encode_rows

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import EllipsisType
 from typing import Any
 
 import psycopg
@@ -27,6 +28,7 @@ from otel_pg_exporter._dsn import conninfo_problem, redact_dsn
 from otel_pg_exporter._untraced import untraced
 from otel_pg_exporter.errors import WriteError
 from otel_pg_exporter.export import forks
+from otel_pg_exporter.export.fastpath import copy_encoder
 from otel_pg_exporter.schema.table import INSERTED_FROM_STAGE, STAGE_COLUMNS, Row
 
 logger = logging.getLogger("otel_pg_exporter")
@@ -286,8 +288,12 @@ class SpanWriter:
         pool: ConnectionPool[Any] | None = None,
         pool_wait_s: float = 0.1,
         on_wait: Callable[[float], None] | None = None,
+        encode_rows: Callable[[list[Row]], bytes | None] | EllipsisType | None = ...,
     ) -> None:
         self._dsn = dsn
+        # The compiled binary COPY encoder (fastpath.copy_encoder), else psycopg's write_row;
+        # not given: the encoder when built, unless OTEL_EXPORTER_POSTGRES_FAST_PATH is false.
+        self._encode_rows = copy_encoder() if encode_rows is ... else encode_rows
         self._shared = pool
         self._pool_wait_s = pool_wait_s
         # Told the seconds each wait for a connection took (the exporter's counters).
@@ -422,10 +428,15 @@ class SpanWriter:
                 if shared:
                     cur.execute(self._create_stage_once_sql, prepare=False)
                 with cur.copy(self._copy_sql) as copy:
-                    copy.set_types(self._types)
-                    write_row = copy.write_row
-                    for row in rows:
-                        write_row(row)
+                    encode = self._encode_rows
+                    stream = None if encode is None else encode(list(rows))
+                    if stream is not None:  # signature, rows and trailer, as write_row sends
+                        copy.write(stream)
+                    else:
+                        copy.set_types(self._types)
+                        write_row = copy.write_row
+                        for row in rows:
+                            write_row(row)
                 cur.execute(self._insert_sql, prepare=prepare)
                 inserted = max(cur.rowcount, 0)
         except _ROW_ERRORS as exc:
