@@ -815,3 +815,51 @@ def test_ids_whose_digit_runs_pass_luhn_are_kept() -> None:
     assert {"sentry.event_id": event_id, "request.id": uuid_like} == scrubber.scrub_mapping(
         {"sentry.event_id": event_id, "request.id": uuid_like}
     )
+
+
+_NEEDLE_ALPHABET = st.sampled_from(list("0123456789 -@:/aAbBcCdDeEiIjJkKnNoOpPrRsStTuUvVwWyYéü\n"))
+
+
+_NEEDLE_EXAMPLES = (
+    "a://b@c",
+    "a@b://",
+    "4111 1111 1111 1111",
+    "411111111111",
+    "PASSWORD",
+    "Secret",
+    "x-api-key",
+    "AKIA",
+    "pwd",
+    "JWT",
+    "eyJ",
+    "Bearer",
+    "BASIC",
+    "AUTH",
+    "session",
+    "card",
+    "ssn",
+    "cred",
+    "cvv",
+    "cvc",
+    "token",
+    "cookie",
+    "tok en",
+    "ke y",
+    "",
+)
+
+
+@settings(max_examples=2000)
+@given(st.one_of(st.sampled_from(_NEEDLE_EXAMPLES), st.text(_NEEDLE_ALPHABET, max_size=40)))
+def test_the_needle_tables_say_what_the_needle_functions_say(text: str) -> None:
+    """VALUE_NEEDLES and KEY_ONLY_NEEDLES (which the compiled fast path searches) answer as
+    _value_needle_in and _key_only_needle_in do, on any folded text."""
+    from otel_pg_exporter.export import scrubbing
+
+    folded = scrubbing._fold(text)
+    by_table = (
+        any(all(needle in folded for needle in group) for group in scrubbing.VALUE_NEEDLES),
+        any(needle in folded for needle in scrubbing.KEY_ONLY_NEEDLES),
+    )
+
+    assert (scrubbing._value_needle_in(folded), scrubbing._key_only_needle_in(folded)) == by_table

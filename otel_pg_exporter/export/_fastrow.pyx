@@ -32,7 +32,12 @@ from opentelemetry.trace.status import Status
 
 from otel_pg_exporter.export.late_attributes import LateAttributes
 from otel_pg_exporter.export.mapping import execution_id_of
-from otel_pg_exporter.export.scrubbing import Scrubber
+from otel_pg_exporter.export.scrubbing import (
+    FOLD_TABLE,
+    KEY_ONLY_NEEDLES,
+    VALUE_NEEDLES,
+    Scrubber,
+)
 
 try:
     from opentelemetry.sdk.trace import _Span
@@ -57,6 +62,13 @@ cdef extern from "Python.h":
 
 cdef extern from "string.h":
     size_t strlen(const char* s)
+    void* memmem(const void* haystack, size_t haystack_size, const void* needle,
+                 size_t needle_size)
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object o, Py_ssize_t* size) except NULL
+    bytes PyBytes_FromStringAndSize(const char* v, Py_ssize_t size)
+    int PySet_Contains(object anyset, object key) except -1
 
 # Why a span took the reference path; counted per FastRow.
 REASONS = (
@@ -451,6 +463,58 @@ cdef inline bint _clean_label(object text, Py_ssize_t limit):
     return True
 
 
+# --- the scrubber's cheap tests, compiled --------------------------------------------------------
+# Scrubber.values_might_contain_secret and might_contain_secret (without extra patterns) fold
+# the text's UTF-8 bytes through FOLD_TABLE and look for the needles of scrubbing.py; the
+# same bytes, table and needles here give the same answer without a Python call.
+
+cdef unsigned char _FOLD_C[256]
+for _byte in range(256):
+    _FOLD_C[_byte] = ord(FOLD_TABLE[_byte])
+cdef tuple _VALUE_GROUPS = tuple(
+    tuple(needle.encode() for needle in group) for group in VALUE_NEEDLES
+)
+cdef tuple _KEY_ONLY = tuple(needle.encode() for needle in KEY_ONLY_NEEDLES)
+
+
+cdef int _might_hold_secret(object text, bint key_only_needles) except -1:
+    """1 when the scrubber's test would say "might" for ``text``: a group of value needles
+    (or, with ``key_only_needles``, a key-only needle too) in its folded UTF-8 bytes."""
+    cdef Py_ssize_t size, index
+    cdef const char* data
+    cdef unsigned char small[2048]
+    cdef unsigned char* folded = small
+    cdef bytes needle
+    cdef bint found
+    try:
+        data = PyUnicode_AsUTF8AndSize(text, &size)
+    except UnicodeEncodeError:
+        return 1  # lone surrogates: let the Python test decide
+    if size > 2048:
+        folded = <unsigned char*>PyMem_Malloc(size)
+        if folded == NULL:
+            raise MemoryError()
+    try:
+        for index in range(size):
+            folded[index] = _FOLD_C[<unsigned char>data[index]]
+        for group in _VALUE_GROUPS:
+            found = True
+            for needle in group:
+                if memmem(folded, size, <const char*>needle, len(needle)) == NULL:
+                    found = False
+                    break
+            if found:
+                return 1
+        if key_only_needles:
+            for needle in _KEY_ONLY:
+                if memmem(folded, size, <const char*>needle, len(needle)) != NULL:
+                    return 1
+        return 0
+    finally:
+        if folded != small:
+            PyMem_Free(folded)
+
+
 cdef class FastRow:
     """``mapper.to_row`` for the common SDK span; anything else is handed to ``mapper.to_row``."""
 
@@ -463,6 +527,8 @@ cdef class FastRow:
     cdef object values_might_contain_secret
     cdef object might_contain_secret
     cdef bint exact_scrubber
+    cdef bint compiled_gate  # the Scrubber class itself, without extra patterns
+    cdef object clean_keys
     cdef object late_attributes
     cdef bint late_is_known_type
     cdef object origin
@@ -494,6 +560,12 @@ cdef class FastRow:
             self.values_might_contain_secret = self.scrubber.values_might_contain_secret
             self.might_contain_secret = self.scrubber.might_contain_secret
             self.exact_scrubber = type(self.scrubber) is _SCRUBBER
+            extras = getattr(self.scrubber, "_extras", None)
+            clean_keys = getattr(self.scrubber, "_clean_keys", None)
+            self.compiled_gate = (
+                self.exact_scrubber and extras == () and type(clean_keys) is set
+            )
+            self.clean_keys = clean_keys
         self.origins = []
         self.fast = 0
         self.fallbacks = 0
@@ -530,6 +602,29 @@ cdef class FastRow:
         self.reasons[reason] += 1
         self.last_fallback = REASONS[reason]
         return self.to_row(span)
+
+    cdef bint _keys_known_clean(self, attributes) except -1:
+        """Every key of the dict is in the scrubber's set of keys known to have no rule."""
+        cdef Py_ssize_t position = 0
+        cdef PyObject* key
+        cdef PyObject* value
+        if type(attributes) is not dict:
+            return False
+        clean_keys = self.clean_keys
+        while PyDict_Next(attributes, &position, &key, &value):
+            if not PySet_Contains(clean_keys, <object>key):
+                return False
+        return True
+
+    cdef bint _values_might_contain_secret(self, text) except -1:
+        if self.compiled_gate:
+            return _might_hold_secret(text, False)
+        return self.values_might_contain_secret(text)
+
+    cdef bint _might_contain_secret(self, text) except -1:
+        if self.compiled_gate:
+            return _might_hold_secret(text, True)
+        return self.might_contain_secret(text)
 
     cdef bint _strings_clean(self, attributes) except -1:
         """No str value (or str in a sequence value) might hold a secret."""
@@ -821,15 +916,16 @@ cdef class FastRow:
             if scrubbed is not name and scrubbed != name:
                 reason[0] = R_SCRUB
                 return None
-            if self.keys_need_scrubbing(attributes):
-                reason[0] = R_SCRUB
-                return None
-            if status_message and self.might_contain_secret(status_message):
-                if not self.exact_scrubber or self.values_might_contain_secret(status_message):
+            if not (self.compiled_gate and self._keys_known_clean(attributes)):
+                if self.keys_need_scrubbing(attributes):
                     reason[0] = R_SCRUB
                     return None
-            if self.values_might_contain_secret(metadata) or (
-                events_json is not None and self.might_contain_secret(events_json)
+            if status_message and self._might_contain_secret(status_message):
+                if not self.exact_scrubber or self._values_might_contain_secret(status_message):
+                    reason[0] = R_SCRUB
+                    return None
+            if self._values_might_contain_secret(metadata) or (
+                events_json is not None and self._might_contain_secret(events_json)
             ):
                 # A document-wide hit is often a key ("cache.key") or a word split across
                 # values. Scrubber.scrub_mapping changes nothing when no key has a rule and
@@ -875,10 +971,6 @@ cdef class FastRow:
 
 
 # --- binary COPY rows (the sender) ---------------------------------------------------------------
-
-cdef extern from "Python.h":
-    const char* PyUnicode_AsUTF8AndSize(object o, Py_ssize_t* size) except NULL
-    bytes PyBytes_FromStringAndSize(const char* v, Py_ssize_t size)
 
 # The binary COPY header (signature, flags, header extension length) and trailer.
 COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8

@@ -335,6 +335,28 @@ def _value_needle_in(folded: str) -> bool:
     )
 
 
+# The same tests as data, for compiled code (the fast path's gate): a folded text passes
+# _value_needle_in exactly when it contains every substring of one group of VALUE_NEEDLES,
+# and _key_only_needle_in when it contains one of KEY_ONLY_NEEDLES (tests hold them equal).
+VALUE_NEEDLES: tuple[tuple[str, ...], ...] = (
+    ("@", "://"),
+    (_CARD_RUN,),
+    ("pass",),
+    ("secret",),
+    ("token",),
+    ("key",),
+    ("cookie",),
+    ("akia",),
+    ("pwd",),
+    ("jwt",),
+    ("eyj",),
+    ("bearer",),
+    ("basic",),
+)
+KEY_ONLY_NEEDLES: tuple[str, ...] = ("auth", "sess", "card", "ssn", "cred", "cvv", "cvc")
+FOLD_TABLE = _FOLD  # byte -> folded character, for compiled code
+
+
 def _key_only_needle_in(folded: str) -> bool:
     return (
         "auth" in folded
