@@ -26,11 +26,11 @@ from types import MappingProxyType
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util import BoundedList
-from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE, SpanContext
 from opentelemetry.trace.status import Status
 
 from otel_pg_exporter.export.late_attributes import LateAttributes
+from otel_pg_exporter.export import mapping
 from otel_pg_exporter.export.mapping import execution_id_of
 from otel_pg_exporter.export.scrubbing import (
     FOLD_TABLE,
@@ -111,8 +111,8 @@ cdef enum:
     N_REASONS
 
 # Keyed by id(): the members are singletons (as in mapping.py).
-cdef dict _KIND_NAMES = {id(kind): kind.name.lower() for kind in SpanKind}
-cdef dict _STATUS_NAMES = {id(code): code.name.lower() for code in StatusCode}
+cdef dict _KIND_NAMES = mapping._KIND_NAMES  # the reference's own tables, not copies
+cdef dict _STATUS_NAMES = mapping._STATUS_NAMES
 cdef object _DEFAULT_TRACE_STATE = DEFAULT_TRACE_STATE
 cdef object _SPAN_CONTEXT = SpanContext
 cdef object _READABLE_SPAN = ReadableSpan

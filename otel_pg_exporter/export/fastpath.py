@@ -17,6 +17,8 @@ from typing import Protocol
 
 from opentelemetry.sdk.trace import ReadableSpan
 
+from otel_pg_exporter import environment_variables as ev
+from otel_pg_exporter import settings
 from otel_pg_exporter.export.mapping import SpanMapper
 from otel_pg_exporter.schema.table import STAGE_COLUMNS, Row
 
@@ -30,8 +32,7 @@ class FastRow(Protocol):
     def __call__(self, span: ReadableSpan) -> Row: ...
 
 
-FAST_PATH_VARIABLE = "OTEL_EXPORTER_POSTGRES_FAST_PATH"
-_OFF = frozenset({"false", "0", "off", "no"})
+FAST_PATH_VARIABLE = ev.OTEL_EXPORTER_POSTGRES_FAST_PATH
 
 
 _MODULE_NAME = "otel_pg_exporter.export._fastrow"
@@ -54,7 +55,8 @@ _MODULE, _LOADED = _load()
 
 def fast_path_disabled() -> bool:
     """Whether ``OTEL_EXPORTER_POSTGRES_FAST_PATH`` turns the fast path off right now."""
-    return os.environ.get(FAST_PATH_VARIABLE, "").strip().lower() in _OFF
+    enabled: bool = settings.resolve("fast_path", None, os.environ)
+    return not enabled
 
 
 def fast_path_status(enabled: bool | None = None) -> str:

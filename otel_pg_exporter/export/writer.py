@@ -429,7 +429,10 @@ class SpanWriter:
                     cur.execute(self._create_stage_once_sql, prepare=False)
                 with cur.copy(self._copy_sql) as copy:
                     encode = self._encode_rows
-                    stream = None if encode is None else encode(list(rows))
+                    if encode is None:
+                        stream = None
+                    else:  # bisected halves are lists already; a list is not copied
+                        stream = encode(rows if isinstance(rows, list) else list(rows))
                     if stream is not None:  # signature, rows and trailer, as write_row sends
                         copy.write(stream)
                     else:

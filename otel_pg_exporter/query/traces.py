@@ -113,6 +113,22 @@ def connect(dsn: str) -> Iterator[psycopg.Connection[Any]]:
         yield conn
 
 
+def _fetch_read_only(
+    conn: psycopg.Connection[Any], statement: sql.SQL | sql.Composed, params: Any
+) -> list[dict[str, Any]]:
+    """Rows of one statement in a read-only transaction, under the statement timeout."""
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("SET TRANSACTION READ ONLY")
+        # JIT compilation costs ~1 s on a large trace's recursive plan (its row estimates
+        # are huge) and saves nothing on the few rows these functions read.
+        cur.execute(
+            "SELECT set_config('statement_timeout', %s, true), set_config('jit', 'off', true)",
+            (str(STATEMENT_TIMEOUT_MS),),
+        )
+        cur.execute(statement, params)
+        return cur.fetchall()
+
+
 def _call(
     conn: psycopg.Connection[Any],
     target: Target,
@@ -133,17 +149,7 @@ def _call(
         query += sql.SQL(" LIMIT {}").format(sql.Literal(limit))
     with untraced():
         try:
-            with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-                cur.execute("SET TRANSACTION READ ONLY")
-                # JIT compilation costs ~1 s on a large trace's recursive plan (its row
-                # estimates are huge) and saves nothing on the few rows these functions read.
-                cur.execute(
-                    "SELECT set_config('statement_timeout', %s, true),"
-                    " set_config('jit', 'off', true)",
-                    (str(STATEMENT_TIMEOUT_MS),),
-                )
-                cur.execute(query, list(arguments))
-                rows = cur.fetchall()
+            rows = _fetch_read_only(conn, query, list(arguments))
         except psycopg.errors.UndefinedFunction:
             raise QueryError(
                 f"the query functions are not installed for {target.table!r}: "
@@ -275,15 +281,7 @@ def _read(
     """Rows of one fixed, parameterised statement in a read-only transaction, as ``_call``."""
     with untraced():
         try:
-            with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-                cur.execute("SET TRANSACTION READ ONLY")
-                cur.execute(
-                    "SELECT set_config('statement_timeout', %s, true),"
-                    " set_config('jit', 'off', true)",
-                    (str(STATEMENT_TIMEOUT_MS),),
-                )
-                cur.execute(statement, params)
-                return cur.fetchall()
+            return _fetch_read_only(conn, statement, params)
         except psycopg.errors.UndefinedTable:
             raise QueryError(
                 f"{label}: the spans table does not exist: run `otel-pg migrate`"
